@@ -1,0 +1,6 @@
+"""Entry point for ``python -m lightning_fair``."""
+
+from lightning_fair.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Fairness metrics of generated images, computed from counts of predicted classes.
+
+Every metric keeps only integer counts as state (summed across processes), so the values are exact under
+DDP whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from lightning_fair.metrics.distribution import validate_distribution
+
+Distance = Literal["l2", "l1", "kl"]
+
+
+class _PredictedClassCounts(Metric):
+    """Counts of predicted classes, optionally per group: the shared state of the fairness metrics.
+
+    ``update(preds, groups=None)`` takes class ids ``(N,)`` or class scores ``(N, C)`` (argmax is taken),
+    and the group of each sample ``(N,)`` (all in group 0 when omitted).
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, num_classes: int, num_groups: int = 1) -> None:
+        super().__init__()
+        if num_classes < 2 or num_groups < 1:
+            raise ValueError(f"Need num_classes >= 2 and num_groups >= 1, got {num_classes} and {num_groups}")
+        self.num_classes = num_classes
+        self.num_groups = num_groups
+        self.add_state("counts", torch.zeros(num_groups, num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, groups: Tensor | None = None) -> None:
+        """Adds a batch of predictions."""
+        if preds.ndim == 2:
+            preds = preds.argmax(dim=1)
+        preds = preds.long().flatten()
+        groups = torch.zeros_like(preds) if groups is None else groups.long().flatten()
+        if groups.shape != preds.shape:
+            raise ValueError(f"'groups' has shape {tuple(groups.shape)}; expected {tuple(preds.shape)}")
+        if preds.numel() and (preds.min() < 0 or preds.max() >= self.num_classes):
+            raise ValueError(f"Predicted classes must lie in 0..{self.num_classes - 1}")
+        if groups.numel() and (groups.min() < 0 or groups.max() >= self.num_groups):
+            raise ValueError(f"Groups must lie in 0..{self.num_groups - 1}")
+        flat = torch.bincount(groups * self.num_classes + preds, minlength=self.num_groups * self.num_classes)
+        self.counts += flat.view(self.num_groups, self.num_classes)
+
+    def _proportions(self) -> Tensor:
+        """Class proportions per group, ``(G, C)`` float64; all zeros for an empty group."""
+        counts = self.counts.double()
+        return counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+
+    def _squeeze(self, values: Tensor) -> Tensor:
+        values = values.float()
+        return values[0] if self.num_groups == 1 else values
+
+
+class AttributeProportions(_PredictedClassCounts):
+    """Fraction of samples predicted in each class: ``(C,)``, or ``(G, C)`` with groups."""
+
+    def compute(self) -> Tensor:
+        """Returns the proportions."""
+        return self._squeeze(self._proportions())
+
+
+class FairnessDiscrepancy(_PredictedClassCounts):
+    """Fairness discrepancy (Choi et al., 2020): distance between a target distribution and the
+    histogram of predicted classes.
+
+    ``l2`` (the paper's FD) is ``||p_target - p_hat||_2``, ``l1`` the L1 distance, and ``kl`` is
+    ``KL(p_hat || p_target)`` with ``0 log 0 = 0``. A class that no sample was predicted as counts as 0
+    in ``p_hat`` (the official code drops such classes). With ``num_groups > 1`` (e.g. the classes of a
+    target attribute passed as ``groups``) it returns one value per group, ``nan`` for an empty group.
+
+    Args:
+        num_classes: classes of the sensitive attribute.
+        target_distribution: the fair distribution (uniform by default); length ``num_classes``, sums to 1.
+        distance: ``l2``, ``l1`` or ``kl``.
+        num_groups: number of groups to compute it separately for.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        target_distribution: Sequence[float] | None = None,
+        distance: Distance = "l2",
+        num_groups: int = 1,
+    ) -> None:
+        super().__init__(num_classes, num_groups)
+        if distance not in ("l2", "l1", "kl"):
+            raise ValueError(f"Option 'distance' must be 'l2', 'l1' or 'kl', got {distance!r}")
+        self.distance = distance
+        self.register_buffer("target_distribution", validate_distribution(target_distribution, num_classes))
+
+    def compute(self) -> Tensor:
+        """Returns the discrepancy (scalar, or ``(G,)`` with groups)."""
+        observed = self._proportions()
+        target = self.target_distribution.to(observed.device)
+        if self.distance == "l2":
+            values = (observed - target).norm(dim=1)
+        elif self.distance == "l1":
+            values = (observed - target).abs().sum(dim=1)
+        else:
+            terms = observed * (observed.clamp(min=1e-300).log() - target.clamp(min=1e-300).log())
+            values = torch.where(observed > 0, terms, torch.zeros_like(terms)).sum(dim=1)
+        values = torch.where(self.counts.sum(dim=1) > 0, values, torch.full_like(values, float("nan")))
+        return self._squeeze(values)
+
+
+class DemographicParityGap(_PredictedClassCounts):
+    """Largest difference, across sensitive groups, of the rate of a target class.
+
+    ``update(preds, groups)`` takes the predicted target attribute as ``preds`` and the (predicted)
+    sensitive attribute as ``groups``. The gap is ``max_s P(t = positive | s) - min_s P(t = positive | s)``
+    over groups with samples; ``nan`` when fewer than two groups have samples.
+
+    Args:
+        num_target_classes: classes of the target attribute.
+        num_sensitive_classes: classes of the sensitive attribute.
+        positive_class: the target class whose rate is compared.
+    """
+
+    def __init__(self, num_target_classes: int = 2, num_sensitive_classes: int = 2, positive_class: int = 1) -> None:
+        super().__init__(num_target_classes, num_sensitive_classes)
+        if not 0 <= positive_class < num_target_classes:
+            raise ValueError(f"Option 'positive_class' must lie in 0..{num_target_classes - 1}, got {positive_class}")
+        self.positive_class = positive_class
+
+    def compute(self) -> Tensor:
+        """Returns the gap."""
+        present = self.counts.sum(dim=1) > 0
+        if int(present.sum()) < 2:
+            return torch.tensor(float("nan"), device=self.counts.device)
+        rates = self._proportions()[present, self.positive_class]
+        return (rates.max() - rates.min()).float()
+
+
+class PairwiseBiasScore(_PredictedClassCounts):
+    """InvDiff's bias score: mean absolute difference between class counts over all class pairs.
+
+    Per group (InvDiff: per prompt) with class counts ``c_k`` and ``N`` samples,
+    ``bias = sum_{i<j} |c_i - c_j| / N / (K (K - 1) / 2)``; 0 is balanced, and for two classes it equals
+    ``|p_0 - p_1|``. The result is the mean over groups that have samples.
+
+    Args:
+        num_classes: classes of the attribute.
+        num_groups: number of groups (prompts, conditions) to average over.
+    """
+
+    def compute(self) -> Tensor:
+        """Returns the mean bias score over non-empty groups."""
+        proportions = self._proportions()
+        pairs = self.num_classes * (self.num_classes - 1) / 2
+        differences = (proportions[:, :, None] - proportions[:, None, :]).abs().sum(dim=(1, 2)) / 2
+        present = self.counts.sum(dim=1) > 0
+        if not present.any():
+            return torch.tensor(float("nan"), device=self.counts.device)
+        return (differences[present] / pairs).mean().float()

@@ -7,7 +7,7 @@ from lightning.pytorch.cli import ArgsType, LightningCLI
 
 import lightning_fair
 import lightning_fair.classifiers
-import lightning_fair.data  # noqa: F401  (registers the DataModules for short class names)
+import lightning_fair.data
 
 
 def main(args: ArgsType = None) -> None:

@@ -64,7 +64,10 @@ class AttributeClassifier(LightningModule):
         self.num_classes = classes
         self.backbone = self._build_backbone(model_name, weights)
         self.heads = nn.ModuleDict(
-            {name: nn.Linear(self.backbone.num_features, count) for name, count in zip(attributes, classes)}
+            {
+                name: nn.Linear(self.backbone.num_features, count)
+                for name, count in zip(attributes, classes, strict=True)
+            }
         )
         self.val_accuracy = self._accuracy_metrics()
         self.test_accuracy = self._accuracy_metrics()
@@ -85,7 +88,10 @@ class AttributeClassifier(LightningModule):
 
     def _accuracy_metrics(self) -> nn.ModuleDict:
         return nn.ModuleDict(
-            {name: MulticlassAccuracy(count, average="micro") for name, count in zip(self.attributes, self.num_classes)}
+            {
+                name: MulticlassAccuracy(count, average="micro")
+                for name, count in zip(self.attributes, self.num_classes, strict=True)
+            }
         )
 
     @property

@@ -148,9 +148,7 @@ class AttributeDataModule(LightningDataModule, ABC):
                     f"({target_classes} '{self.target}' x {sensitive_classes} '{self.sensitive}' classes), "
                     f"got {len(self.train_group_ratio)}"
                 )
-            groups = group_ids(
-                table.column(self.target)[rows], table.column(self.sensitive)[rows], sensitive_classes
-            )
+            groups = group_ids(table.column(self.target)[rows], table.column(self.sensitive)[rows], sensitive_classes)
             rows = rows[resample_to_ratio(groups, self.train_group_ratio, self.seed)]
         if self.max_samples_per_split is not None and len(rows) > self.max_samples_per_split:
             rng = np.random.default_rng(self.seed + SPLIT_CODES[split])

@@ -46,4 +46,8 @@ class AttributeImageDataset(Dataset):
                 rgb = image.convert("RGB")
         except (OSError, UnidentifiedImageError) as error:
             raise RuntimeError(f"Cannot read image '{path}': {error}") from error
-        return {"image": self.transform(rgb), "attributes": self.attributes[item], "index": self.indices[item]}
+        return {
+            "image": self.transform(rgb),
+            "attributes": self.attributes[item],
+            "index": self.indices[item],
+        }

@@ -32,7 +32,6 @@ def resample_to_ratio(groups: np.ndarray, ratio: list[float], seed: int) -> np.n
     keep_counts = np.floor(scale * weights + 1e-9).astype(np.int64)
     rng = np.random.default_rng(seed)
     kept = [
-        rng.choice(np.flatnonzero(groups == group), size=keep, replace=False)
-        for group, keep in enumerate(keep_counts)
+        rng.choice(np.flatnonzero(groups == group), size=keep, replace=False) for group, keep in enumerate(keep_counts)
     ]
     return np.sort(np.concatenate(kept))

@@ -90,9 +90,7 @@ def read_csv_table(
                 raise ValueError(f"Column '{column}' not found in {csv_path}; columns: {', '.join(header)}")
         for column in attribute_columns:
             if column not in header:
-                raise ValueError(
-                    f"Unknown attribute '{column}' for {csv_path}; valid names: {', '.join(header)}"
-                )
+                raise ValueError(f"Unknown attribute '{column}' for {csv_path}; valid names: {', '.join(header)}")
         paths, labels, splits = [], [], []
         for line_number, row in enumerate(reader, start=2):
             split = code_of_value.get(row[split_column].strip(), -1)

@@ -40,6 +40,11 @@ class _PredictedClassCounts(Metric):
     def update(self, preds: Tensor, groups: Tensor | None = None) -> None:
         """Adds a batch of predictions."""
         if preds.ndim == 2:
+            if preds.shape[1] != self.num_classes:
+                raise ValueError(
+                    f"Class scores must have shape (N, {self.num_classes}), got {tuple(preds.shape)}; "
+                    "pass class ids as a 1-D tensor"
+                )
             preds = preds.argmax(dim=1)
         preds = preds.long().flatten()
         groups = torch.zeros_like(preds) if groups is None else groups.long().flatten()
@@ -71,13 +76,13 @@ class AttributeProportions(_PredictedClassCounts):
 
 
 class FairnessDiscrepancy(_PredictedClassCounts):
-    """Fairness discrepancy (Choi et al., 2020): distance between a target distribution and the
-    histogram of predicted classes.
+    """Fairness discrepancy (Choi et al., 2020): distance of the predicted-class histogram to a target.
 
     ``l2`` (the paper's FD) is ``||p_target - p_hat||_2``, ``l1`` the L1 distance, and ``kl`` is
-    ``KL(p_hat || p_target)`` with ``0 log 0 = 0``. A class that no sample was predicted as counts as 0
-    in ``p_hat`` (the official code drops such classes). With ``num_groups > 1`` (e.g. the classes of a
-    target attribute passed as ``groups``) it returns one value per group, ``nan`` for an empty group.
+    ``KL(p_hat || p_target)`` with ``0 log 0 = 0`` (infinite if a predicted class has target 0). A class
+    that no sample was predicted as counts as 0 in ``p_hat`` (the official code drops such classes). With
+    ``num_groups > 1`` (e.g. the classes of a target attribute passed as ``groups``) it returns one value
+    per group, ``nan`` for an empty group.
 
     Args:
         num_classes: classes of the sensitive attribute.
@@ -108,8 +113,7 @@ class FairnessDiscrepancy(_PredictedClassCounts):
         elif self.distance == "l1":
             values = (observed - target).abs().sum(dim=1)
         else:
-            terms = observed * (observed.clamp(min=1e-300).log() - target.clamp(min=1e-300).log())
-            values = torch.where(observed > 0, terms, torch.zeros_like(terms)).sum(dim=1)
+            values = (torch.xlogy(observed, observed) - torch.xlogy(observed, target)).sum(dim=1)
         values = torch.where(self.counts.sum(dim=1) > 0, values, torch.full_like(values, float("nan")))
         return self._squeeze(values)
 

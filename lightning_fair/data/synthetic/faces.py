@@ -119,14 +119,22 @@ class SyntheticFaces(SyntheticDataset):
         names = [f"{index + 1:06d}.png" for index in range(self.num_images)]
         (folder / IMAGE_FOLDER).mkdir()
         render_in_parallel(
-            partial(_render_face, folder / IMAGE_FOLDER, names, labels, self._skin_tone, self.image_size, self.seed),
+            partial(
+                _render_face,
+                folder / IMAGE_FOLDER,
+                names,
+                labels,
+                self._skin_tone,
+                self.image_size,
+                self.seed,
+            ),
             self.num_images,
         )
-        rows = [name + " " + " ".join(f"{value:2d}" for value in row) for name, row in zip(names, labels)]
+        rows = [name + " " + " ".join(f"{value:2d}" for value in row) for name, row in zip(names, labels, strict=True)]
         header = [str(self.num_images), " ".join(CELEBA_ATTRIBUTES) + " "]
         (folder / ATTRIBUTE_FILE).write_text("\n".join(header + rows) + "\n")
         (folder / PARTITION_FILE).write_text(
-            "".join(f"{name} {split}\n" for name, split in zip(names, splits))
+            "".join(f"{name} {split}\n" for name, split in zip(names, splits, strict=True))
         )
 
 
@@ -175,16 +183,24 @@ def _render_face(
         lens = jitter(rng, (22, 22, 28), 8)
         for side in (-1, 1):
             lx = cx + side * eye_dx
-            canvas.rectangle(lx - 0.06 * size, eye_y - 0.045 * size, lx + 0.06 * size, eye_y + 0.045 * size, lens,
-                             0.02 * size)
+            canvas.rectangle(
+                lx - 0.06 * size,
+                eye_y - 0.045 * size,
+                lx + 0.06 * size,
+                eye_y + 0.045 * size,
+                lens,
+                0.02 * size,
+            )
         canvas.rectangle(cx - 0.03 * size, eye_y - 0.015 * size, cx + 0.03 * size, eye_y + 0.005 * size, lens)
 
     mouth_y = cy + 0.12 * size
     if row["Smiling"]:
         canvas.chord(cx, mouth_y - 0.03 * size, 0.1 * size, 0.075 * size, 0, 180, (140, 24, 36))
-        canvas.rectangle(cx - 0.08 * size, mouth_y - 0.03 * size, cx + 0.08 * size, mouth_y - 0.01 * size,
-                         (245, 245, 240))
+        canvas.rectangle(
+            cx - 0.08 * size, mouth_y - 0.03 * size, cx + 0.08 * size, mouth_y - 0.01 * size, (245, 245, 240)
+        )
     else:
-        canvas.rectangle(cx - 0.05 * size, mouth_y - 0.012 * size, cx + 0.05 * size, mouth_y + 0.012 * size,
-                         (150, 62, 62))
+        canvas.rectangle(
+            cx - 0.05 * size, mouth_y - 0.012 * size, cx + 0.05 * size, mouth_y + 0.012 * size, (150, 62, 62)
+        )
     canvas.save(folder / names[index], mirror=bool(rng.random() < 0.5))

@@ -44,9 +44,7 @@ class Canvas:
         """Filled (optionally rounded) rectangle."""
         self.draw.rounded_rectangle(self._box(x0, y0, x1, y1), radius=radius * self.pixels, fill=color)
 
-    def chord(
-        self, cx: float, cy: float, rx: float, ry: float, start: float, end: float, color: Color
-    ) -> None:
+    def chord(self, cx: float, cy: float, rx: float, ry: float, start: float, end: float, color: Color) -> None:
         """Filled chord of an ellipse between two angles in degrees (0 = right, clockwise)."""
         self.draw.chord(self._box(cx - rx, cy - ry, cx + rx, cy + ry), start, end, fill=color)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from lightning_fair.data.synthetic.base import SyntheticDataset
-from lightning_fair.data.synthetic.render import Canvas, jitter, random_color, render_in_parallel
+from lightning_fair.data.synthetic.render import Canvas, jitter, render_in_parallel
 from lightning_fair.data.waterbirds import METADATA_FILE
 
 LANDBIRD_COLORS = [(196, 60, 40), (230, 150, 30), (220, 200, 40), (130, 80, 40), (90, 110, 40)]
@@ -75,13 +75,19 @@ class SyntheticWaterbirds(SyntheticDataset):
         with (folder / METADATA_FILE).open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["img_id", "img_filename", "y", "split", "place", "place_filename"])
-            for index, (name, bird, place, split) in enumerate(zip(names, birds, places, splits)):
+            for index, (name, bird, place, split) in enumerate(zip(names, birds, places, splits, strict=True)):
                 place_file = f"/{PLACE_FOLDERS[place][0]}/{PLACE_FOLDERS[place]}/{index + 1:08d}.png"
                 writer.writerow([index + 1, name, bird, split, place, place_file])
 
 
 def _render_bird(
-    folder: Path, names: list[str], birds: np.ndarray, places: np.ndarray, image_size: int, seed: int, index: int
+    folder: Path,
+    names: list[str],
+    birds: np.ndarray,
+    places: np.ndarray,
+    image_size: int,
+    seed: int,
+    index: int,
 ) -> None:
     """Draws image ``index``; nuisance factors depend only on ``(seed, index)``."""
     rng = np.random.default_rng([seed, index])
@@ -112,17 +118,31 @@ def _render_bird(
         canvas.ellipse(cx, cy, 0.12 * size, 0.13 * size, color)
         canvas.ellipse(cx + 0.08 * size, cy - 0.15 * size, 0.075 * size, 0.075 * size, color)
         head_x, head_y = cx + 0.15 * size, cy - 0.16 * size
-        canvas.polygon([(head_x, head_y - 0.03 * size), (head_x + 0.08 * size, head_y + 0.005 * size),
-                        (head_x, head_y + 0.03 * size)], (240, 170, 30))
+        canvas.polygon(
+            [
+                (head_x, head_y - 0.03 * size),
+                (head_x + 0.08 * size, head_y + 0.005 * size),
+                (head_x, head_y + 0.03 * size),
+            ],
+            (240, 170, 30),
+        )
         canvas.ellipse(cx + 0.1 * size, cy - 0.17 * size, 0.018 * size, 0.018 * size, (10, 10, 10))
     else:
         color = jitter(rng, WATERBIRD_COLORS[rng.integers(len(WATERBIRD_COLORS))], 10)
         canvas.ellipse(cx, cy, 0.22 * size, 0.08 * size, color)
         neck_top = (cx + 0.2 * size, cy - 0.26 * size)
-        canvas.line([(cx + 0.14 * size, cy - 0.02 * size), (cx + 0.22 * size, cy - 0.12 * size), neck_top],
-                    0.05 * size, color)
+        canvas.line(
+            [(cx + 0.14 * size, cy - 0.02 * size), (cx + 0.22 * size, cy - 0.12 * size), neck_top],
+            0.05 * size,
+            color,
+        )
         canvas.ellipse(neck_top[0], neck_top[1], 0.05 * size, 0.045 * size, color)
-        canvas.polygon([(neck_top[0] + 0.03 * size, neck_top[1] - 0.015 * size),
-                        (neck_top[0] + 0.2 * size, neck_top[1] + 0.02 * size),
-                        (neck_top[0] + 0.03 * size, neck_top[1] + 0.02 * size)], (235, 140, 30))
+        canvas.polygon(
+            [
+                (neck_top[0] + 0.03 * size, neck_top[1] - 0.015 * size),
+                (neck_top[0] + 0.2 * size, neck_top[1] + 0.02 * size),
+                (neck_top[0] + 0.03 * size, neck_top[1] + 0.02 * size),
+            ],
+            (235, 140, 30),
+        )
     canvas.save(folder / names[index], mirror=bool(rng.random() < 0.5))

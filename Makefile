@@ -1,0 +1,37 @@
+# Set-up and main jobs. Every target creates the virtual environment (.venv) first if needed.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+FACES_CLASSIFIER := configs/synthetic_faces/classifier.yaml
+
+.PHONY: install demo test test-all lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## demo: write the embedded SyntheticFaces data, train the attribute classifier on it, test it.
+demo: install
+	$(BIN)/lightning-fair fit -c $(FACES_CLASSIFIER)
+	$(BIN)/lightning-fair test -c $(FACES_CLASSIFIER) \
+		--ckpt_path logs/synthetic_faces/classifier/checkpoints/best.ckpt
+
+## test: the fast test suite (the one CI runs) and the linter.
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+## test-all: the fast suite plus the slow end-to-end runs.
+test-all: install
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) logs data .pytest_cache .ruff_cache

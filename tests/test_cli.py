@@ -1,0 +1,67 @@
+"""The lightning-fair command line: every config parses; fit then test runs in-process."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_fair.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
+CALLBACK_FRAGMENTS = sorted((REPO_ROOT / "callbacks").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda path: str(path.relative_to(REPO_ROOT / "configs")))
+def test_config_parses(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(config), "--data.init_args.root", "/data", "--print_config"])
+    assert exit_info.value.code == 0
+    assert "class_path: lightning_fair." in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fragment", CALLBACK_FRAGMENTS, ids=lambda path: path.name)
+def test_callback_fragment_appends(fragment: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = REPO_ROOT / "configs" / "synthetic_faces" / "classifier.yaml"
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", str(config), f"--trainer.callbacks+={fragment}", "--print_config"])
+    output = capsys.readouterr().out
+    class_path = next(line for line in fragment.read_text().splitlines() if line.startswith("class_path:"))
+    assert class_path.split(":", 1)[1].strip() in output
+    assert "ModelCheckpoint" in output  # the config's own callbacks are kept
+
+
+def test_module_entry_point() -> None:
+    result = subprocess.run([sys.executable, "-m", "lightning_fair", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "{fit,validate,test,predict}" in result.stdout
+
+
+def test_classifier_fit_then_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = str(REPO_ROOT / "configs" / "synthetic_faces" / "classifier.yaml")
+    tiny = [
+        "--trainer.max_epochs=1",
+        "--trainer.enable_progress_bar=false",
+        "--model.init_args.model_name=test_resnet",
+        f"--data.init_args.root={tmp_path / 'faces'}",
+        "--data.init_args.synthetic.init_args.num_images=200",
+        "--data.init_args.batch_size=32",
+        "--data.init_args.num_workers=0",
+    ]
+    main(["fit", "-c", config, *tiny])
+    checkpoint = tmp_path / "logs/synthetic_faces/classifier/checkpoints/best.ckpt"
+    assert checkpoint.is_file()
+    assert (tmp_path / "faces" / "synthetic.json").is_file()
+    main(["test", "-c", config, *tiny, f"--ckpt_path={checkpoint}"])
+    with (tmp_path / "logs/synthetic_faces/classifier/version_1/metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    for name in ["Male", "Blond_Hair", "Eyeglasses", "Smiling"]:
+        accuracy = float(rows[-1][f"test/acc_{name}"])
+        assert 0.0 <= accuracy <= 1.0
+    assert (tmp_path / "logs/synthetic_faces/classifier/version_1/config.yaml").is_file()

@@ -1,0 +1,84 @@
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lightning_fair.metrics import (
+    AttributeProportions,
+    DemographicParityGap,
+    FairnessDiscrepancy,
+    PairwiseBiasScore,
+)
+
+NUM_SAMPLES = 11
+# uneven shards: rank 0 gets 7 samples in batches of 3 and 4, rank 1 gets 4 in batches of 2 and 2
+# (a batch of 2 cannot contain all 3 classes, so some class never appears in it)
+SHARDS = [[(0, 3), (3, 7)], [(7, 9), (9, 11)]]
+
+
+def _inputs():
+    generator = torch.Generator().manual_seed(1234)
+    return {
+        "classes": torch.randint(0, 3, (NUM_SAMPLES,), generator=generator),
+        "scores": torch.randn(NUM_SAMPLES, 3, generator=generator),
+        "binary": torch.randint(0, 2, (NUM_SAMPLES,), generator=generator),
+        "groups": torch.randint(0, 3, (NUM_SAMPLES,), generator=generator),
+    }
+
+
+def _metrics():
+    # (metric, preds key, uses groups); num_groups=4 leaves group 3 empty (nan for FairnessDiscrepancy)
+    return {
+        "proportions": (AttributeProportions(num_classes=3), "classes", False),
+        "proportions_groups": (AttributeProportions(num_classes=3, num_groups=4), "scores", True),
+        "fd_l2": (FairnessDiscrepancy(num_classes=3), "classes", False),
+        "fd_l1_groups": (FairnessDiscrepancy(num_classes=3, distance="l1", num_groups=4), "classes", True),
+        "fd_kl": (
+            FairnessDiscrepancy(num_classes=3, target_distribution=[0.5, 0.3, 0.2], distance="kl"),
+            "scores",
+            False,
+        ),
+        "dp_gap": (DemographicParityGap(num_target_classes=2, num_sensitive_classes=3), "binary", True),
+        "bias": (PairwiseBiasScore(num_classes=3), "classes", False),
+        "bias_groups": (PairwiseBiasScore(num_classes=3, num_groups=4), "classes", True),
+    }
+
+
+def _compute(batches):
+    results = {}
+    for name, (metric, key, uses_groups) in _metrics().items():
+        for batch in batches:
+            metric.update(batch[key], batch["groups"] if uses_groups else None)
+        results[name] = metric.compute()
+    return results
+
+
+def _worker(rank, world_size, port, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        inputs = _inputs()
+        batches = [{k: v[start:stop] for k, v in inputs.items()} for start, stop in SHARDS[rank]]
+        torch.save(_compute(batches), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_metrics_exact_under_ddp(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+
+    expected = _compute([_inputs()])
+    for shard in SHARDS:  # every metric differs on a shard alone, so a missing sync would be caught
+        local = _compute([{k: v[start:stop] for k, v in _inputs().items()} for start, stop in shard])
+        assert all(not torch.equal(local[n].nan_to_num(-1), expected[n].nan_to_num(-1)) for n in expected)
+    assert torch.isnan(expected["fd_l1_groups"][3])  # the empty group
+    for rank in range(2):
+        results = torch.load(tmp_path / f"rank{rank}.pt")
+        assert results.keys() == expected.keys()
+        for name, value in expected.items():
+            torch.testing.assert_close(results[name], value, rtol=0, atol=0, equal_nan=True, msg=name)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
-import lightning_fair
+import lightning_fair  # the submodule imports below register the classes for short names in configs
 import lightning_fair.classifiers
 import lightning_fair.data
+import lightning_fair.methods
 
 
 def main(args: ArgsType = None) -> None:

@@ -1,0 +1,191 @@
+"""Training a diffusers UNet2DModel from scratch, to serve as a frozen backbone later."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DModel
+from lightning.pytorch import LightningModule
+from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+CONDITIONING_FILE = "lightning_fair.json"
+
+
+class DiffusionPretraining(LightningModule):
+    """Trains an epsilon-predicting ``UNet2DModel`` on any DataModule of the framework (DDPM loss).
+
+    Optionally class-conditional on one attribute with classifier-free null-label dropout: the class
+    embedding has ``num_condition_classes + 1`` rows and the last one is the null label (unconditional).
+    An exponential moving average of the weights is kept (and checkpointed, so runs resume with
+    ``--ckpt_path``); at the end of ``fit`` the EMA model is written with ``save_pretrained`` into
+    ``output_dir`` as a diffusers ``DDPMPipeline`` folder (``unet/``, ``scheduler/``, ``model_index.json``)
+    plus ``lightning_fair.json``, which records the conditioning for the backbone loader.
+
+    Args:
+        output_dir: folder the trained model is written to (replaced atomically).
+        image_size: side of the square training images.
+        in_channels: image channels.
+        block_out_channels: channels of each resolution level.
+        layers_per_block: ResNet layers per level.
+        attention_levels: per level, whether it has self-attention (default: none).
+        norm_num_groups: groups of the group norms (must divide every channel count).
+        attributes: the DataModule's attribute names (order of the batch's ``attributes`` columns).
+        condition_attribute: attribute to condition on (one of ``attributes``); ``None`` for unconditional.
+        num_condition_classes: classes of the condition attribute.
+        condition_dropout: probability of replacing the condition by the null label in training.
+        num_train_timesteps: diffusion steps T.
+        beta_schedule: diffusers beta schedule (``linear``, ``scaled_linear``, ``squaredcos_cap_v2``).
+        learning_rate: AdamW learning rate after warm-up.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear learning-rate warm-up steps.
+        ema_decay: decay of the exponential moving average of the weights.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        image_size: int = 32,
+        in_channels: int = 3,
+        block_out_channels: tuple[int, ...] = (32, 64, 64),
+        layers_per_block: int = 1,
+        attention_levels: tuple[bool, ...] | None = None,
+        norm_num_groups: int = 8,
+        attributes: list[str] | None = None,
+        condition_attribute: str | None = None,
+        num_condition_classes: int = 2,
+        condition_dropout: float = 0.1,
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "linear",
+        learning_rate: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 500,
+        ema_decay: float = 0.999,
+    ) -> None:
+        super().__init__()
+        levels = len(block_out_channels)
+        attention = tuple(attention_levels) if attention_levels is not None else (False,) * levels
+        if len(attention) != levels:
+            raise ValueError(f"Option 'attention_levels' has {len(attention)} entries for {levels} levels")
+        if any(channels % norm_num_groups for channels in block_out_channels):
+            raise ValueError(f"Option 'norm_num_groups' ({norm_num_groups}) must divide {list(block_out_channels)}")
+        if condition_attribute is not None and condition_attribute not in (attributes or []):
+            raise ValueError(
+                f"Option 'condition_attribute' ({condition_attribute!r}) must be one of 'attributes': {attributes}"
+            )
+        if not 0 <= condition_dropout < 1:
+            raise ValueError(f"Option 'condition_dropout' must lie in [0, 1), got {condition_dropout}")
+        self.save_hyperparameters()
+        self.condition_column = None if condition_attribute is None else list(attributes).index(condition_attribute)
+        self.null_label = num_condition_classes
+        self.unet = UNet2DModel(
+            sample_size=image_size,
+            in_channels=in_channels,
+            out_channels=in_channels,
+            layers_per_block=layers_per_block,
+            block_out_channels=tuple(block_out_channels),
+            down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+            up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+            norm_num_groups=norm_num_groups,
+            num_class_embeds=None if condition_attribute is None else num_condition_classes + 1,
+        )
+        self.ema = AveragedModel(self.unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        self.ema.requires_grad_(False)
+        self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
+
+    def _class_labels(self, batch: dict[str, Tensor], dropout: float) -> Tensor | None:
+        if self.condition_column is None:
+            return None
+        labels = batch["attributes"][:, self.condition_column].clone()
+        if labels.max() >= self.null_label:
+            raise ValueError(
+                f"Attribute '{self.hparams['condition_attribute']}' has class {int(labels.max())} but "
+                f"'num_condition_classes' is {self.null_label}"
+            )
+        if dropout > 0:
+            labels[torch.rand(labels.shape, device=labels.device) < dropout] = self.null_label
+        return labels
+
+    def diffusion_loss(
+        self, batch: dict[str, Tensor], dropout: float, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Mean squared error of the predicted noise at uniformly drawn timesteps."""
+        images = batch["image"]
+        device = images.device
+        noise = torch.randn(images.shape, generator=generator, device=device)
+        timesteps = torch.randint(
+            0, self.scheduler.config.num_train_timesteps, (images.shape[0],), generator=generator, device=device
+        )
+        noisy = self.scheduler.add_noise(images, noise, timesteps)
+        prediction = self.unet(noisy, timesteps, class_labels=self._class_labels(batch, dropout)).sample
+        return F.mse_loss(prediction, noise)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """DDPM loss with null-label dropout."""
+        loss = self.diffusion_loss(batch, self.hparams["condition_dropout"])
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
+        """Updates the EMA weights."""
+        self.ema.update_parameters(self.unet)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """DDPM loss of the EMA model with noise and timesteps seeded by the batch index (comparable runs)."""
+        generator = torch.Generator(device=batch["image"].device).manual_seed(batch_idx)
+        training_unet, self.unet = self.unet, self.ema.module
+        try:
+            loss = self.diffusion_loss(batch, dropout=0.0, generator=generator)
+        finally:
+            self.unet = training_unet
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self) -> dict:
+        """AdamW on the UNet with a linear warm-up."""
+        optimizer = torch.optim.AdamW(
+            self.unet.parameters(), lr=self.hparams["learning_rate"], weight_decay=self.hparams["weight_decay"]
+        )
+        warmup = max(1, self.hparams["warmup_steps"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_end(self) -> None:
+        """Writes the EMA model into ``output_dir`` (rank zero only)."""
+        if self.trainer.is_global_zero:
+            self.export(self.hparams["output_dir"])
+
+    def export(self, output_dir: str | Path) -> Path:
+        """Writes the EMA UNet, the noise scheduler and the conditioning record into ``output_dir``, atomically."""
+        output_dir = Path(output_dir)
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+        try:
+            self.ema.module.save_pretrained(staging / "unet", safe_serialization=True)
+            self.scheduler.save_pretrained(staging / "scheduler")
+            model_index = {
+                "_class_name": "DDPMPipeline",
+                "unet": ["diffusers", "UNet2DModel"],
+                "scheduler": ["diffusers", "DDPMScheduler"],
+            }
+            (staging / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+            conditioning = None
+            if self.condition_column is not None:
+                conditioning = {
+                    "attribute": self.hparams["condition_attribute"],
+                    "num_classes": self.null_label,
+                    "null_label": self.null_label,
+                }
+            record = {"conditioning": conditioning, "image_size": self.hparams["image_size"]}
+            (staging / CONDITIONING_FILE).write_text(json.dumps(record, indent=2) + "\n")
+            if output_dir.exists():
+                shutil.rmtree(output_dir)
+            os.replace(staging, output_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return output_dir

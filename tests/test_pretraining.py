@@ -1,0 +1,108 @@
+"""DiffusionPretraining: trains, keeps EMA weights, exports a diffusers folder, resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDPMPipeline, UNet2DModel
+from lightning.pytorch import Trainer
+
+from lightning_fair.data import CelebADataModule
+from lightning_fair.methods import DiffusionPretraining
+
+
+def tiny(output_dir: Path, **options: object) -> DiffusionPretraining:
+    settings = {
+        "image_size": 32,
+        "block_out_channels": (8, 16),
+        "norm_num_groups": 4,
+        "attributes": ["Male", "Blond_Hair"],
+        "condition_attribute": "Male",
+        "warmup_steps": 1,
+        "ema_decay": 0.5,
+    }
+    return DiffusionPretraining(output_dir=str(output_dir), **{**settings, **options})  # type: ignore[arg-type]
+
+
+def datamodule(root: Path) -> CelebADataModule:
+    return CelebADataModule(
+        root=str(root), attributes=["Male", "Blond_Hair"], sensitive="Male", image_size=32, batch_size=16
+    )
+
+
+def trainer(tmp_path: Path, steps: int) -> Trainer:
+    return Trainer(
+        max_steps=steps,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+
+
+def test_fit_exports_conditional_ema_model(faces_root: Path, tmp_path: Path) -> None:
+    module = tiny(tmp_path / "model")
+    before = [p.detach().clone() for p in module.unet.parameters()]
+    trainer(tmp_path, steps=3).fit(module, datamodule(faces_root))
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.unet.parameters(), strict=True))
+    # The EMA differs from the raw weights after several steps.
+    assert any(
+        not torch.equal(a, b) for a, b in zip(module.ema.module.parameters(), module.unet.parameters(), strict=True)
+    )
+    record = json.loads((tmp_path / "model" / "lightning_fair.json").read_text())
+    assert record == {"conditioning": {"attribute": "Male", "num_classes": 2, "null_label": 2}, "image_size": 32}
+    loaded = UNet2DModel.from_pretrained(tmp_path / "model" / "unet")
+    assert loaded.config.num_class_embeds == 3
+    x, t, labels = torch.randn(2, 3, 32, 32), torch.tensor([10, 500]), torch.tensor([0, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, class_labels=labels).sample, module.ema.module(x, t, labels).sample)
+    pipeline = DDPMPipeline.from_pretrained(tmp_path / "model")
+    assert pipeline.scheduler.config.num_train_timesteps == 1000
+    assert not list(tmp_path.glob(".model.*"))  # no staging folder left
+
+
+def test_null_label_dropout(tmp_path: Path) -> None:
+    module = tiny(tmp_path / "model")
+    batch = {"attributes": torch.tensor([[1, 0]] * 1000)}
+    torch.manual_seed(0)
+    labels = module._class_labels(batch, dropout=0.1)
+    assert set(labels.tolist()) == {1, 2}
+    assert abs((labels == 2).float().mean().item() - 0.1) < 0.03
+    assert torch.equal(module._class_labels(batch, dropout=0.0), torch.ones(1000, dtype=torch.long))
+
+
+def test_unconditional(faces_root: Path, tmp_path: Path) -> None:
+    module = tiny(tmp_path / "model", condition_attribute=None)
+    assert module.unet.config.num_class_embeds is None
+    trainer(tmp_path, steps=1).fit(module, datamodule(faces_root))
+    assert json.loads((tmp_path / "model" / "lightning_fair.json").read_text())["conditioning"] is None
+
+
+def test_resume_from_checkpoint(faces_root: Path, tmp_path: Path) -> None:
+    first = trainer(tmp_path, steps=2)
+    first.fit(tiny(tmp_path / "model"), datamodule(faces_root))
+    checkpoint = tmp_path / "resume.ckpt"
+    first.save_checkpoint(checkpoint)
+    resumed = tiny(tmp_path / "model")
+    second = trainer(tmp_path, steps=4)
+    second.fit(resumed, datamodule(faces_root), ckpt_path=checkpoint)
+    assert second.global_step == 4
+    assert resumed.ema.n_averaged.item() == 4
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"condition_attribute": "Smiling"}, "'condition_attribute' .* must be one of 'attributes'"),
+        ({"attention_levels": (True,)}, "'attention_levels' has 1 entries for 2 levels"),
+        ({"norm_num_groups": 3}, "'norm_num_groups' \\(3\\) must divide"),
+        ({"condition_dropout": 1.0}, "'condition_dropout' must lie in"),
+    ],
+)
+def test_invalid_options(tmp_path: Path, options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tiny(tmp_path, **options)

@@ -6,6 +6,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
 import lightning_fair  # the submodule imports below register the classes for short names in configs
+import lightning_fair.callbacks
 import lightning_fair.classifiers
 import lightning_fair.data
 import lightning_fair.methods

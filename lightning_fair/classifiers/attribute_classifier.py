@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -73,6 +75,38 @@ class AttributeClassifier(LightningModule):
         self.test_accuracy = self._accuracy_metrics()
         self.val_mean_accuracy = MeanMetric()
         self.test_mean_accuracy = MeanMetric()
+
+    def save_pretrained(self, folder: str | Path, half_precision: bool = True) -> Path:
+        """Writes ``config.json`` (constructor arguments) and ``model.safetensors`` (weights) into ``folder``.
+
+        Args:
+            folder: destination, created if needed.
+            half_precision: store floating-point weights as float16 (half the size; loaded back as float32).
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {
+            name: tensor.half() if half_precision and tensor.is_floating_point() else tensor
+            for name, tensor in self.state_dict().items()
+        }
+        save_file({name: tensor.contiguous() for name, tensor in state.items()}, folder / "model.safetensors")
+        (folder / "config.json").write_text(json.dumps(dict(self.hparams), indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> AttributeClassifier:
+        """Loads a classifier written by :meth:`save_pretrained` (in eval mode)."""
+        folder = Path(folder)
+        for name in ("config.json", "model.safetensors"):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"'{folder}' is not an attribute-classifier folder: missing {name}")
+        classifier = cls(**json.loads((folder / "config.json").read_text()))
+        state = {
+            name: tensor.float() if tensor.is_floating_point() else tensor
+            for name, tensor in load_file(folder / "model.safetensors").items()
+        }
+        classifier.load_state_dict(state)
+        return classifier.eval()
 
     @staticmethod
     def _build_backbone(model_name: str, weights: str | None) -> nn.Module:

@@ -3,6 +3,7 @@
 from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.data.celeba import CelebADataModule
 from lightning_fair.data.csv import AttributeCSVDataModule
+from lightning_fair.data.requests import GenerationRequests
 from lightning_fair.data.synthetic.base import SyntheticDataset
 from lightning_fair.data.synthetic.faces import SyntheticFaces
 from lightning_fair.data.synthetic.waterbirds import SyntheticWaterbirds
@@ -12,6 +13,7 @@ __all__ = [
     "AttributeCSVDataModule",
     "AttributeDataModule",
     "CelebADataModule",
+    "GenerationRequests",
     "SyntheticDataset",
     "SyntheticFaces",
     "SyntheticWaterbirds",

@@ -15,7 +15,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-CONDITIONING_FILE = "lightning_fair.json"
+from lightning_fair.models import CONDITIONING_FILE
 
 
 class DiffusionPretraining(LightningModule):

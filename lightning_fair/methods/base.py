@@ -1,0 +1,115 @@
+"""The base class of every debiasing method: a LightningModule over a frozen diffusion backbone."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from lightning_fair.backbones import FrozenUNet
+from lightning_fair.diffusion import DiffusionSampler, SamplerConfig, SamplingState
+
+BACKBONE_PREFIX = "backbone."
+
+
+class DebiasingMethod(LightningModule):
+    """A debiasing method: hooks over a frozen diffusers UNet and the shared sampling loop.
+
+    Subclasses set ``name`` (their key in :func:`method_registry`) and override:
+
+    - :meth:`configure_modules`: build the trainable parts (called at the end of ``__init__``);
+    - :meth:`training_step` / :meth:`configure_optimizers`, if the method trains something;
+    - :meth:`init_state`: per-sample conditions of a batch of generation requests;
+    - :meth:`guided_eps`: the noise prediction used at each denoising step.
+
+    The base provides :meth:`sample`, ``test_step``/``predict_step`` (generation requests in, images and the
+    conditions used out) and checkpoint hygiene: the frozen backbone is never written into a checkpoint; it
+    is re-loaded from its reference (``backbone``) when the checkpoint is restored.
+
+    Args:
+        backbone: a local diffusers folder or the name of a shipped model.
+        sampler: settings of the sampling loop.
+        seed: seed of the run; sample ``i`` depends only on ``(seed, i)``.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, backbone: str, sampler: SamplerConfig | None = None, seed: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone = FrozenUNet(backbone)
+        self.sampler = DiffusionSampler(self.backbone.scheduler_config, sampler or SamplerConfig())
+        self.seed = seed
+        self.configure_modules()
+
+    def configure_modules(self) -> None:
+        """Builds the method's trainable modules (none by default)."""
+
+    def init_state(self, indices: Tensor) -> SamplingState:
+        """The sampling state of a batch; by default the backbone's null label (or no label)."""
+        return SamplingState(indices=indices, class_labels=self.backbone.default_labels(len(indices), self.device))
+
+    @abstractmethod
+    def guided_eps(self, x: Tensor, t: Tensor, state: SamplingState) -> Tensor:
+        """The noise prediction the sampler uses at timestep ``t`` (the method's intervention)."""
+
+    def sample(self, indices: Tensor | int) -> tuple[Tensor, SamplingState]:
+        """Generates the samples with the given global indices (or ``0..n-1`` for an int).
+
+        Returns:
+            Images in [-1, 1], shape ``(B, C, H, W)``, and the final sampling state (with the conditions).
+        """
+        if isinstance(indices, int):
+            indices = torch.arange(indices)
+        indices = indices.cpu().long()
+        state = self.init_state(indices)
+        images = self.sampler.sample(self.guided_eps, state, self.seed, self.backbone.image_shape, self.device)
+        return images, state
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
+        """Turns a batch of generation requests into images plus the conditions used."""
+        indices = batch["index"]
+        if len(indices) == 0:
+            empty = torch.empty((0, *self.backbone.image_shape), device=self.device)
+            return {"images": empty, "index": indices, "conditions": {}}
+        images, state = self.sample(indices)
+        return {"images": images, "index": indices, "conditions": state.conditions}
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
+        """Same as :meth:`test_step`."""
+        return self.test_step(batch, batch_idx)
+
+    def configure_optimizers(self) -> Any:
+        """No optimizer unless a subclass trains something."""
+        return None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Drops the frozen backbone's weights; records the method and the backbone reference."""
+        state = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith(BACKBONE_PREFIX)}
+        checkpoint["lightning_fair"] = {"method": type(self).__name__, "backbone": self.hparams["backbone"]}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuses another method's checkpoint and puts back the backbone loaded from its reference."""
+        saved = checkpoint.get("lightning_fair", {}).get("method")
+        if saved is not None and saved != type(self).__name__:
+            raise ValueError(f"The checkpoint was written by {saved}, not by {type(self).__name__}")
+        backbone_state = {BACKBONE_PREFIX + k: v for k, v in self.backbone.state_dict().items()}
+        checkpoint["state_dict"] = {**checkpoint["state_dict"], **backbone_state}
+
+
+def method_registry() -> dict[str, type[DebiasingMethod]]:
+    """Every imported :class:`DebiasingMethod` subclass with a ``name``, by name."""
+    registry: dict[str, type[DebiasingMethod]] = {}
+    pending = list(DebiasingMethod.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.name:
+            if cls.name in registry and registry[cls.name] is not cls:
+                raise ValueError(f"Two methods are named {cls.name!r}: {registry[cls.name]} and {cls}")
+            registry[cls.name] = cls
+    return registry

@@ -14,13 +14,16 @@ from lightning_fair.cli import main
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
+REAL_DATASETS = {"celeba", "waterbirds"}
 CALLBACK_FRAGMENTS = sorted((REPO_ROOT / "callbacks").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda path: str(path.relative_to(REPO_ROOT / "configs")))
 def test_config_parses(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Configs for real datasets leave `root` to the command line, as their users do.
+    real_data_root = ["--data.init_args.root", "/data"] if config.parent.name in REAL_DATASETS else []
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "-c", str(config), "--data.init_args.root", "/data", "--print_config"])
+        main(["fit", "-c", str(config), *real_data_root, "--print_config"])
     assert exit_info.value.code == 0
     assert "class_path: lightning_fair." in capsys.readouterr().out
 

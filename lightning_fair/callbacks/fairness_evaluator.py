@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric, Metric, SumMetric
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from lightning_fair.callbacks.run_folder import run_folder
 from lightning_fair.classifiers import load_classifier
 from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.metrics import (
@@ -215,9 +216,10 @@ class FairnessEvaluator(Callback):
         results = self.compute()
         if log:
             for name, value in results.items():
-                pl_module.log(f"test/{name}", float(value), sync_dist=False)
+                pl_module.log(f"test/{name}", float(value), sync_dist=True)  # equal on all ranks already
+        folder = run_folder(trainer)
         if trainer.is_global_zero:
-            self.write(results, Path(trainer.log_dir or trainer.default_root_dir), type(pl_module).__name__)
+            self.write(results, folder, type(pl_module).__name__)
         self.results = results
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics.utilities.distributed import gather_all_tensors
 from torchvision.utils import save_image
+
+from lightning_fair.callbacks.run_folder import run_folder
 
 
 class SampleGrid(Callback):
@@ -50,8 +51,8 @@ class SampleGrid(Callback):
         if trainer.world_size > 1:
             images = torch.cat(gather_all_tensors(images.contiguous()))
             indices = torch.cat(gather_all_tensors(indices.contiguous()))
+        folder = run_folder(trainer)
         if trainer.is_global_zero and len(images):
-            folder = Path(trainer.log_dir or trainer.default_root_dir)
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / self.filename.format(method=type(pl_module).__name__)
             ordered = images[indices.argsort()]

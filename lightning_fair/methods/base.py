@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import asdict
 from typing import Any, ClassVar
 
 import torch
@@ -39,9 +40,12 @@ class DebiasingMethod(LightningModule):
 
     def __init__(self, backbone: str, sampler: SamplerConfig | None = None, seed: int = 0) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # Plain values only in hparams, so checkpoints load with torch.load(weights_only=True).
+        sampler = SamplerConfig(**sampler) if isinstance(sampler, dict) else sampler or SamplerConfig()
+        self.save_hyperparameters(ignore=["sampler"])
+        self.hparams["sampler"] = asdict(sampler)
         self.backbone = FrozenUNet(backbone)
-        self.sampler = DiffusionSampler(self.backbone.scheduler_config, sampler or SamplerConfig())
+        self.sampler = DiffusionSampler(self.backbone.scheduler_config, sampler)
         self.seed = seed
         self.configure_modules()
 

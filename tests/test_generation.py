@@ -1,0 +1,158 @@
+"""Generation requests, method checkpoints and the evaluation callbacks, end to end through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from PIL import Image
+
+from lightning_fair.cli import main
+from lightning_fair.data.requests import RequestBatches
+from lightning_fair.diffusion import SamplerConfig
+from lightning_fair.methods import ConditionalSampling, PlainSampling
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_requests_cover_every_sample_once(world_size: int) -> None:
+    requests = RequestBatches(num_samples=10, global_batch_size=4, world_size=world_size)
+    assert len(requests) % world_size == 0
+    per_rank = [
+        [requests[item]["index"] for item in range(rank, len(requests), world_size)] for rank in range(world_size)
+    ]
+    assert len({len(batches) for batches in per_rank}) == 1  # same number of batches on every process
+    everything = torch.cat([index for batches in per_rank for index in batches]).sort().values
+    assert everything.tolist() == list(range(10))
+    # Global batch g is the same set of samples whatever the world size.
+    for g, expected in enumerate([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]):
+        assert torch.cat([per_rank[rank][g] for rank in range(world_size)]).tolist() == expected
+
+
+def test_requests_skip_finished_batches() -> None:
+    requests = RequestBatches(10, 4, 1, done={0, 1, 2, 3, 4, 5})
+    assert [requests[i]["index"].tolist() for i in range(len(requests))] == [[4, 5, 6, 7], [8, 9]]
+
+
+def test_checkpoint_has_no_backbone_weights(tiny_backbone: Path, tmp_path: Path) -> None:
+    method = ConditionalSampling(str(tiny_backbone), sampler=SamplerConfig(num_inference_steps=2), guidance_scale=2.0)
+    trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.strategy.connect(method)
+    path = tmp_path / "method.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    assert not [key for key in checkpoint["state_dict"] if key.startswith("backbone.")]
+    assert checkpoint["lightning_fair"] == {"method": "ConditionalSampling", "backbone": str(tiny_backbone)}
+    backbone_bytes = sum(t.numel() * t.element_size() for t in method.backbone.state_dict().values())
+    assert os.path.getsize(path) < backbone_bytes / 2
+    restored = ConditionalSampling.load_from_checkpoint(path)
+    assert restored.guidance_scale == 2.0
+    for name, tensor in method.backbone.state_dict().items():
+        torch.testing.assert_close(restored.backbone.state_dict()[name], tensor)
+    with pytest.raises(ValueError, match="written by ConditionalSampling, not by PlainSampling"):
+        PlainSampling.load_from_checkpoint(path, backbone=str(tiny_backbone))
+
+
+def write_config(tmp_path: Path, backbone: Path, classifier: Path, faces: Path, num_samples: int) -> Path:
+    config = f"""
+seed_everything: 0
+trainer:
+  accelerator: cpu
+  logger:
+    class_path: lightning.pytorch.loggers.CSVLogger
+    init_args: {{save_dir: {tmp_path / "logs"}, name: run}}
+  enable_progress_bar: false
+  enable_model_summary: false
+  callbacks:
+    - class_path: FairnessEvaluator
+      init_args:
+        classifier: {classifier}
+        sensitive: Male
+        target: Blond_Hair
+        kid_subset_size: 4
+        cache_dir: {tmp_path / "cache"}
+        reference:
+          class_path: CelebADataModule
+          init_args: {{root: {faces}, attributes: [Male, Blond_Hair], sensitive: Male, image_size: 32}}
+    - class_path: SampleGrid
+      init_args: {{num_images: 4, nrow: 2}}
+    - class_path: GenerationWriter
+      init_args: {{output_dir: {tmp_path / "generated"}, classifier: {classifier}}}
+model:
+  class_path: ConditionalSampling
+  init_args:
+    backbone: {backbone}
+    sampler: {{num_inference_steps: 3, eta: 1.0}}
+data:
+  class_path: GenerationRequests
+  init_args: {{num_samples: {num_samples}, batch_size: 4}}
+"""
+    path = tmp_path / "config.yaml"
+    path.write_text(config)
+    return path
+
+
+def test_test_run_writes_metrics_grid_and_images(
+    tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, tiny_backbone, tiny_classifier, faces_root, num_samples=10)
+    main(["test", "-c", str(config)])
+    log_dir = tmp_path / "logs" / "run" / "version_0"
+    record = json.loads((log_dir / "metrics.json").read_text())
+    metrics = record["metrics"]
+    assert record["method"] == "ConditionalSampling"
+    assert metrics["num_samples"] == 10
+    assert metrics["proportion/Male=0"] + metrics["proportion/Male=1"] == pytest.approx(1.0)
+    for name in ["fd", "fd_l1", "fd_kl", "dp_gap", "bias_score", "fid_cls", "kid_cls", "fd_given_Blond_Hair=0"]:
+        assert name in metrics
+    assert (log_dir / "metrics.md").read_text().startswith("# ConditionalSampling: fairness of 10 generated images")
+    assert Image.open(log_dir / "samples_ConditionalSampling.png").size == (2 * 32 + 3, 2 * 32 + 3)
+    images = sorted((tmp_path / "generated" / "images").glob("*.png"))
+    assert [path.name for path in images] == [f"{i:06d}.png" for i in range(10)]
+    with (tmp_path / "generated" / "generations.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["index"]) for row in rows] == list(range(10))
+    assert set(rows[0]) == {"index", "condition_Male", "predicted_Male", "predicted_Blond_Hair"}
+    assert list((tmp_path / "cache").glob("reference_features_*.pt"))
+
+    # A rerun with skip_existing generates nothing and leaves the images untouched.
+    before = {path.name: path.stat().st_mtime_ns for path in images}
+    main(["test", "-c", str(config), f"--data.init_args.skip_existing={tmp_path / 'generated'}"])
+    assert {path.name: path.stat().st_mtime_ns for path in images} == before
+
+
+def run_cli(args: list[str], cwd: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "lightning_fair", *args], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_processes_match_one(tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp_path: Path) -> None:
+    """A 2-process gloo DDP run writes the same images and metrics as a 1-process run."""
+    outputs = {}
+    for devices in (1, 2):
+        folder = tmp_path / f"devices{devices}"
+        folder.mkdir()
+        config = write_config(folder, tiny_backbone, tiny_classifier, faces_root, num_samples=11)
+        strategy = ["--trainer.strategy=ddp"] if devices == 2 else []
+        run_cli(["test", "-c", str(config), f"--trainer.devices={devices}", *strategy], cwd=folder)
+        metrics = json.loads((folder / "logs" / "run" / "version_0" / "metrics.json").read_text())["metrics"]
+        images = {
+            path.name: np.asarray(Image.open(path)) for path in sorted((folder / "generated" / "images").glob("*.png"))
+        }
+        outputs[devices] = metrics, images
+    (metrics_1, images_1), (metrics_2, images_2) = outputs[1], outputs[2]
+    assert sorted(images_2) == sorted(images_1) == [f"{i:06d}.png" for i in range(11)]
+    # Same samples up to float summation order: a handful of pixels may round to the neighbouring 8-bit level.
+    differences = np.stack([images_1[name].astype(int) - images_2[name].astype(int) for name in images_1])
+    assert np.abs(differences).max() <= 1
+    assert np.count_nonzero(differences) <= differences.size // 1000
+    for name, value in metrics_1.items():
+        if not name.startswith("kid"):  # KID draws random subsets from the gathered order
+            assert metrics_2[name] == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), name

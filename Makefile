@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 FACES_CLASSIFIER := configs/synthetic_faces/classifier.yaml
 
-.PHONY: install demo test test-all lint clean
+.PHONY: install demo classifier test test-all lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +13,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-## demo: write the embedded SyntheticFaces data, train the attribute classifier on it, test it.
+## demo: plain sampling of the shipped SyntheticFaces UNet, labelled by the shipped classifier: how biased is it?
 demo: install
+	$(BIN)/lightning-fair test -c configs/synthetic_faces/plain.yaml
+
+## classifier: write the embedded SyntheticFaces data, train the attribute classifier on it, test it.
+classifier: install
 	$(BIN)/lightning-fair fit -c $(FACES_CLASSIFIER)
 	$(BIN)/lightning-fair test -c $(FACES_CLASSIFIER) \
 		--ckpt_path logs/synthetic_faces/classifier/checkpoints/best.ckpt

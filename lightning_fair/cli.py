@@ -12,13 +12,14 @@ import lightning_fair.data
 import lightning_fair.methods
 
 
-def main(args: ArgsType = None) -> None:
-    """Runs the command line; ``args`` replaces ``sys.argv[1:]`` (used by in-process tests).
+def build_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
+    """Parses ``args`` (default ``sys.argv[1:]``) into a LightningCLI and, with ``run``, runs its subcommand.
 
     Any ``LightningModule`` and ``LightningDataModule`` can be named in a config, by full class path or, for
-    the package's own classes, by class name.
+    the package's own classes, by class name. With ``run=False`` there is no subcommand: the config is
+    parsed and the trainer, model and datamodule are instantiated for the caller to drive.
     """
-    LightningCLI(
+    return LightningCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -27,4 +28,10 @@ def main(args: ArgsType = None) -> None:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"parser_mode": "omegaconf", "version": lightning_fair.__version__},
         args=args,
+        run=run,
     )
+
+
+def main(args: ArgsType = None) -> None:
+    """Runs the command line; ``args`` replaces ``sys.argv[1:]`` (used by in-process tests)."""
+    build_cli(args)

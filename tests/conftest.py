@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,48 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     classifier = AttributeClassifier(["Male", "Blond_Hair"], model_name="test_resnet", image_size=32)
     return classifier.save_pretrained(tmp_path_factory.mktemp("models") / "classifier")
+
+
+@pytest.fixture(scope="session")
+def generation_config(tiny_backbone: Path, tiny_classifier: Path, faces_root: Path) -> Callable[..., Path]:
+    """Writes a ``test`` config of the tiny models (evaluator, grid, writer) into a folder; returns its path."""
+
+    def write(folder: Path, num_samples: int, method: str = "ConditionalSampling", name: str = "run") -> Path:
+        config = f"""
+    seed_everything: 0
+    trainer:
+      accelerator: cpu
+      logger:
+        class_path: lightning.pytorch.loggers.CSVLogger
+        init_args: {{save_dir: {folder / "logs"}, name: {name}}}
+      enable_progress_bar: false
+      enable_model_summary: false
+      callbacks:
+        - class_path: FairnessEvaluator
+          init_args:
+            classifier: {tiny_classifier}
+            sensitive: Male
+            target: Blond_Hair
+            kid_subset_size: 4
+            cache_dir: {folder / "cache"}
+            reference:
+              class_path: CelebADataModule
+              init_args: {{root: {faces_root}, attributes: [Male, Blond_Hair], sensitive: Male, image_size: 32}}
+        - class_path: SampleGrid
+          init_args: {{num_images: 4, nrow: 2}}
+        - class_path: GenerationWriter
+          init_args: {{output_dir: {folder / "generated"}, classifier: {tiny_classifier}}}
+    model:
+      class_path: {method}
+      init_args:
+        backbone: {tiny_backbone}
+        sampler: {{num_inference_steps: 3, eta: 1.0}}
+    data:
+      class_path: GenerationRequests
+      init_args: {{num_samples: {num_samples}, batch_size: 4}}
+    """
+        path = folder / f"{name}.yaml"
+        path.write_text(textwrap.dedent(config))
+        return path
+
+    return write

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -60,49 +61,8 @@ def test_checkpoint_has_no_backbone_weights(tiny_backbone: Path, tmp_path: Path)
         PlainSampling.load_from_checkpoint(path, backbone=str(tiny_backbone))
 
 
-def write_config(tmp_path: Path, backbone: Path, classifier: Path, faces: Path, num_samples: int) -> Path:
-    config = f"""
-seed_everything: 0
-trainer:
-  accelerator: cpu
-  logger:
-    class_path: lightning.pytorch.loggers.CSVLogger
-    init_args: {{save_dir: {tmp_path / "logs"}, name: run}}
-  enable_progress_bar: false
-  enable_model_summary: false
-  callbacks:
-    - class_path: FairnessEvaluator
-      init_args:
-        classifier: {classifier}
-        sensitive: Male
-        target: Blond_Hair
-        kid_subset_size: 4
-        cache_dir: {tmp_path / "cache"}
-        reference:
-          class_path: CelebADataModule
-          init_args: {{root: {faces}, attributes: [Male, Blond_Hair], sensitive: Male, image_size: 32}}
-    - class_path: SampleGrid
-      init_args: {{num_images: 4, nrow: 2}}
-    - class_path: GenerationWriter
-      init_args: {{output_dir: {tmp_path / "generated"}, classifier: {classifier}}}
-model:
-  class_path: ConditionalSampling
-  init_args:
-    backbone: {backbone}
-    sampler: {{num_inference_steps: 3, eta: 1.0}}
-data:
-  class_path: GenerationRequests
-  init_args: {{num_samples: {num_samples}, batch_size: 4}}
-"""
-    path = tmp_path / "config.yaml"
-    path.write_text(config)
-    return path
-
-
-def test_test_run_writes_metrics_grid_and_images(
-    tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp_path: Path
-) -> None:
-    config = write_config(tmp_path, tiny_backbone, tiny_classifier, faces_root, num_samples=10)
+def test_test_run_writes_metrics_grid_and_images(generation_config: Callable[..., Path], tmp_path: Path) -> None:
+    config = generation_config(tmp_path, num_samples=10)
     main(["test", "-c", str(config)])
     log_dir = tmp_path / "logs" / "run" / "version_0"
     record = json.loads((log_dir / "metrics.json").read_text())
@@ -133,13 +93,13 @@ def run_cli(args: list[str], cwd: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_two_processes_match_one(tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp_path: Path) -> None:
+def test_two_processes_match_one(generation_config: Callable[..., Path], tmp_path: Path) -> None:
     """A 2-process gloo DDP run writes the same images and metrics as a 1-process run."""
     outputs = {}
     for devices in (1, 2):
         folder = tmp_path / f"devices{devices}"
         folder.mkdir()
-        config = write_config(folder, tiny_backbone, tiny_classifier, faces_root, num_samples=11)
+        config = generation_config(folder, num_samples=11)
         strategy = ["--trainer.strategy=ddp"] if devices == 2 else []
         run_cli(["test", "-c", str(config), f"--trainer.devices={devices}", *strategy], cwd=folder)
         metrics = json.loads((folder / "logs" / "run" / "version_0" / "metrics.json").read_text())["metrics"]

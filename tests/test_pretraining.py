@@ -94,6 +94,20 @@ def test_resume_from_checkpoint(faces_root: Path, tmp_path: Path) -> None:
     assert resumed.ema.n_averaged.item() == 4
 
 
+def test_init_weights_fine_tunes_an_exported_model(tmp_path: Path) -> None:
+    tiny(tmp_path / "first").export(tmp_path / "first")
+    exported = UNet2DModel.from_pretrained(tmp_path / "first" / "unet")
+    module = tiny(tmp_path / "second", init_weights=str(tmp_path / "first"))
+    for name, value in exported.state_dict().items():
+        torch.testing.assert_close(module.unet.state_dict()[name], value)
+        torch.testing.assert_close(module.ema.module.state_dict()[name], value)  # the average starts there too
+    mismatch = r"'init_weights'\) does not match the configured architecture: block_out_channels"
+    with pytest.raises(ValueError, match=mismatch):
+        tiny(tmp_path / "third", init_weights=str(tmp_path / "first"), block_out_channels=(8, 8))
+    with pytest.raises(FileNotFoundError, match="diffusion model for 'init_weights'"):
+        tiny(tmp_path / "third", init_weights=str(tmp_path / "missing"))
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -22,12 +22,15 @@ class SamplerConfig:
         num_inference_steps: denoising steps.
         eta: DDIM noise weight (0 is deterministic DDIM, 1 matches DDPM's variance).
         clip_sample: clip the predicted clean image to [-1, 1] at each step.
+        timestep_spacing: how the inference timesteps are picked from the training ones (diffusers'
+            ``leading``, ``trailing`` or ``linspace``); ``trailing`` starts at the last training step.
     """
 
     scheduler: Literal["ddim", "ddpm"] = "ddim"
     num_inference_steps: int = 50
     eta: float = 0.0
     clip_sample: bool = True
+    timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
 
     def __post_init__(self) -> None:
         if self.scheduler not in ("ddim", "ddpm"):
@@ -36,6 +39,11 @@ class SamplerConfig:
             raise ValueError(f"Sampler option 'num_inference_steps' must be positive, got {self.num_inference_steps}")
         if self.eta < 0:
             raise ValueError(f"Sampler option 'eta' must be non-negative, got {self.eta}")
+        if self.timestep_spacing not in ("leading", "trailing", "linspace"):
+            raise ValueError(
+                "Sampler option 'timestep_spacing' must be 'leading', 'trailing' or 'linspace', "
+                f"got {self.timestep_spacing!r}"
+            )
 
 
 @dataclass
@@ -73,7 +81,9 @@ class DiffusionSampler:
     def __init__(self, scheduler_config: dict[str, Any], config: SamplerConfig) -> None:
         self.config = config
         scheduler_class = DDIMScheduler if config.scheduler == "ddim" else DDPMScheduler
-        self.scheduler = scheduler_class.from_config(scheduler_config, clip_sample=config.clip_sample)
+        self.scheduler = scheduler_class.from_config(
+            scheduler_config, clip_sample=config.clip_sample, timestep_spacing=config.timestep_spacing
+        )
         self.scheduler.set_timesteps(config.num_inference_steps)
 
     @property

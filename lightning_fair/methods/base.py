@@ -52,6 +52,11 @@ class DebiasingMethod(LightningModule):
     def configure_modules(self) -> None:
         """Builds the method's trainable modules (none by default)."""
 
+    @property
+    def needs_fit(self) -> bool:
+        """Whether ``fit`` must run before sampling: by default, whether the method has trainable parameters."""
+        return any(parameter.requires_grad for parameter in self.parameters())
+
     def init_state(self, indices: Tensor) -> SamplingState:
         """The sampling state of a batch; by default the backbone's null label (or no label)."""
         return SamplingState(indices=indices, class_labels=self.backbone.default_labels(len(indices), self.device))

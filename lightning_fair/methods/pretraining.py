@@ -15,7 +15,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from lightning_fair.models import CONDITIONING_FILE
+from lightning_fair.models import CONDITIONING_FILE, resolve_model_path
 
 
 class DiffusionPretraining(LightningModule):
@@ -46,6 +46,8 @@ class DiffusionPretraining(LightningModule):
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warm-up steps.
         ema_decay: decay of the exponential moving average of the weights.
+        init_weights: a diffusers folder (or shipped model name) whose UNet weights start the training
+            (fine-tuning); its architecture must match the options above.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class DiffusionPretraining(LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 500,
         ema_decay: float = 0.999,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         levels = len(block_out_channels)
@@ -95,9 +98,27 @@ class DiffusionPretraining(LightningModule):
             norm_num_groups=norm_num_groups,
             num_class_embeds=None if condition_attribute is None else num_condition_classes + 1,
         )
+        if init_weights is not None:
+            self._load_initial_weights(init_weights)
         self.ema = AveragedModel(self.unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
         self.ema.requires_grad_(False)
         self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
+
+    def _load_initial_weights(self, reference: str) -> None:
+        path = resolve_model_path(reference, "diffusion model for 'init_weights'")
+        subfolder = "unet" if (path / "unet").is_dir() else None
+        pretrained = UNet2DModel.from_pretrained(path, subfolder=subfolder)
+        differences = [
+            f"{key}: {pretrained.config.get(key)} in the model, {_plain(value)} configured"
+            for key, value in self.unet.config.items()
+            if not key.startswith("_") and _plain(pretrained.config.get(key)) != _plain(value)
+        ]
+        if differences:
+            raise ValueError(
+                f"The UNet in '{path}' (option 'init_weights') does not match the configured architecture: "
+                + "; ".join(differences)
+            )
+        self.unet.load_state_dict(pretrained.state_dict())
 
     def _class_labels(self, batch: dict[str, Tensor], dropout: float) -> Tensor | None:
         if self.condition_column is None:
@@ -189,3 +210,8 @@ class DiffusionPretraining(LightningModule):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return output_dir
+
+
+def _plain(value: object) -> object:
+    """A config value with tuples as lists, so that saved and configured values compare equal."""
+    return list(value) if isinstance(value, tuple) else value

@@ -1,0 +1,69 @@
+"""The benchmark scripts run end to end on tiny models and report what the evaluator measured."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fairness_benchmark_rows(generation_config: Callable[..., Path], tmp_path: Path) -> None:
+    fairness = load_script("fairness")
+    plain = generation_config(tmp_path, num_samples=6, method="PlainSampling", name="plain")
+    conditional = generation_config(tmp_path, num_samples=6, method="ConditionalSampling", name="conditional")
+    out = tmp_path / "results" / "rows.json"
+    rows = fairness.main(
+        [
+            "--methods=conditional",  # plain is added first
+            f"--config=plain={plain}",
+            f"--config=conditional={conditional}",
+            "--num-samples=8",
+            "--steps=2",
+            "--batch-size=4",
+            "--accelerator=cpu",
+            f"--log-dir={tmp_path / 'logs'}",
+            f"--out={out}",
+        ]
+    )
+    assert [row["method"] for row in rows] == ["plain", "conditional"]
+    assert json.loads(out.read_text()) == rows
+    for row in rows:
+        # The row repeats what the evaluator wrote for that run, with the run's overrides applied.
+        written = json.loads((Path(row["log_dir"]) / "metrics.json").read_text())["metrics"]
+        assert row["num_samples"] == written["num_samples"] == 8
+        assert row["fd"] == written["fd"]
+        assert row["fid_cls"] == written["fid_cls"]
+        assert row["proportions"] == [written["proportion/Male=0"], written["proportion/Male=1"]]
+        assert sum(row["proportions"]) == pytest.approx(1.0)
+        assert row["seconds"] > 0
+        assert row["time_ratio"] == pytest.approx(row["seconds"] / rows[0]["seconds"])
+        assert row["fit_seconds"] == 0.0  # neither method trains anything
+    assert rows[0]["time_ratio"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--methods=unknown_method"], "No config for method 'unknown_method'"),
+        (["--ckpt=conditional"], "--ckpt expects METHOD=PATH"),
+        (["--ckpt=other=x.ckpt"], "not in --methods: \\['other'\\]"),
+    ],
+)
+def test_fairness_benchmark_bad_options(arguments: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        load_script("fairness").main(arguments)

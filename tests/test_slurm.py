@@ -1,0 +1,144 @@
+"""The SLURM template: its #SBATCH header, and the lightning-fair command line it launches parses.
+
+The template runs under bash with sample SLURM variables and a stand-in ``srun`` that records its arguments; the
+recorded lightning-fair arguments then go, with ``--print_config``, through the command line in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_fair.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = REPO_ROOT / "scripts" / "slurm" / "lightning_fair.sbatch"
+CONFIGS = REPO_ROOT / "configs" / "synthetic_faces"
+SLURM = {"SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "4", "SLURM_JOB_ID": "123", "SLURM_CPUS_PER_TASK": "8"}
+RUN_DIR = "logs/slurm/123"
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="the template is a bash script")
+
+
+def sbatch_options() -> dict[str, str]:
+    """The template's ``#SBATCH --name[=value]`` lines, without their trailing comments."""
+    options = {}
+    for line in TEMPLATE.read_text().splitlines():
+        if line.startswith("#SBATCH "):
+            option = shlex.split(line.removeprefix("#SBATCH "), comments=True)[0]
+            name, _, value = option.removeprefix("--").partition("=")
+            options[name] = value
+    return options
+
+
+def launch(tmp_path: Path, *script_args: str) -> list[str]:
+    """Runs the template in ``tmp_path`` and returns the arguments it gave lightning-fair through srun."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    srun = bin_dir / "srun"
+    srun.write_text('#!/usr/bin/env bash\nprintf "%s\\0" "$@" > "$SRUN_ARGS"\n')
+    srun.chmod(0o755)
+    recorded = tmp_path / "srun_args"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SLURM_")}
+    env |= SLURM | {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "SRUN_ARGS": str(recorded),
+        "LIGHTNING_FAIR_VENV": "",  # the test's own environment
+    }
+    result = subprocess.run(
+        ["bash", str(TEMPLATE), *script_args], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    srun_args = recorded.read_text().split("\0")[:-1]
+    assert "lightning-fair" in srun_args, shlex.join(srun_args)
+    return srun_args[srun_args.index("lightning-fair") + 1 :]
+
+
+def printed_config(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
+    """The config that ``lightning-fair ARGS --print_config`` prints; fails on any option the CLI rejects."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--print_config"])
+    output = capsys.readouterr()
+    assert exit_info.value.code == 0, f"lightning-fair {shlex.join(args)}\n{output.err}"
+    return yaml.safe_load(output.out)
+
+
+def assert_multi_node(config: dict, name: str) -> None:
+    trainer = config["trainer"]
+    assert trainer["num_nodes"] == 2
+    assert str(trainer["devices"]) == "4"  # the CLI keeps "4" a string; Lightning reads it as a GPU count
+    assert trainer["accelerator"] == "gpu"
+    assert trainer["strategy"] == "ddp"
+    assert trainer["default_root_dir"] == RUN_DIR  # where Lightning saves and finds hpc_ckpt_N.ckpt on requeue
+    assert trainer["logger"]["init_args"]["save_dir"] == RUN_DIR
+    assert trainer["logger"]["init_args"]["name"] == name  # the config's own experiment name is kept
+
+
+def test_header() -> None:
+    text = TEMPLATE.read_text()
+    assert subprocess.run(["bash", "-n", str(TEMPLATE)], check=False).returncode == 0
+    assert "set -euo pipefail" in text
+    options = sbatch_options()
+    gpus = re.fullmatch(r"gpu(?::\w+)?:(\d+)", options["gres"])
+    assert gpus, options["gres"]
+    assert options["ntasks-per-node"] == gpus.group(1)  # one process per GPU
+    assert int(options["nodes"]) >= 1
+    assert int(options["cpus-per-task"]) >= 1
+    assert options["signal"] == "SIGUSR1@90"  # Lightning's SLURMEnvironment requeues on SIGUSR1
+    assert options["requeue"] == ""
+    assert options["open-mode"] == "append"
+    assert options["output"] == "logs/slurm/%x-%j.out"
+
+
+def test_usage(tmp_path: Path) -> None:
+    env = os.environ | SLURM | {"LIGHTNING_FAIR_VENV": ""}
+    result = subprocess.run(["bash", str(TEMPLATE), "fit"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+
+
+def test_test_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    args = launch(tmp_path, "test", str(CONFIGS / "plain.yaml"))
+    monkeypatch.chdir(tmp_path)
+    config = printed_config(args, capsys)
+    assert_multi_node(config, "synthetic_faces/plain")
+    assert config["ckpt_path"] is None  # only fit resumes
+    assert (tmp_path / RUN_DIR).is_dir()
+
+
+def test_fit_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    args = launch(tmp_path, "fit", str(CONFIGS / "pretrain_unet.yaml"), "--trainer.max_epochs=3")
+    monkeypatch.chdir(tmp_path)
+    config = printed_config(args, capsys)
+    assert_multi_node(config, "synthetic_faces/pretrain_unet")
+    assert config["ckpt_path"] == "last"  # the config's last.ckpt if there is one, else a fresh start
+    assert config["trainer"]["max_epochs"] == 3  # the caller's arguments are passed on
+
+
+def test_fit_caller_ckpt_path_wins(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = launch(tmp_path, "fit", str(CONFIGS / "pretrain_unet.yaml"), "--ckpt_path=null")
+    monkeypatch.chdir(tmp_path)
+    assert printed_config(args, capsys)["ckpt_path"] is None
+
+
+def test_fit_requeued_resumes_from_hpc_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What Lightning leaves in default_root_dir when SIGUSR1 arrives, before it requeues the job.
+    (tmp_path / RUN_DIR).mkdir(parents=True)
+    (tmp_path / RUN_DIR / "hpc_ckpt_1.ckpt").touch()
+    args = launch(tmp_path, "fit", str(CONFIGS / "pretrain_unet.yaml"), "--ckpt_path=null")
+    monkeypatch.chdir(tmp_path)
+    config = printed_config(args, capsys)
+    assert_multi_node(config, "synthetic_faces/pretrain_unet")
+    assert config["ckpt_path"] == "hpc"  # the newest state, over the caller's --ckpt_path

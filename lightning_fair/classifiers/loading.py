@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextvars
+
 from lightning_fair.classifiers.attribute_classifier import AttributeClassifier
 from lightning_fair.models import resolve_model_path
 
@@ -14,8 +16,10 @@ def load_classifier(reference: str) -> AttributeClassifier:
             of a classifier shipped with the package.
     """
     path = resolve_model_path(reference, "attribute classifier")
+    # A fresh context: inside the command line's instantiation of a method that loads a classifier, Lightning
+    # would otherwise hand the method's own hyperparameters to the classifier's save_hyperparameters.
     if path.is_dir():
-        classifier = AttributeClassifier.from_pretrained(path)
+        classifier = contextvars.Context().run(AttributeClassifier.from_pretrained, path)
     else:
-        classifier = AttributeClassifier.load_from_checkpoint(path, map_location="cpu")
+        classifier = contextvars.Context().run(AttributeClassifier.load_from_checkpoint, path, map_location="cpu")
     return classifier.eval().requires_grad_(False)

@@ -210,6 +210,8 @@ class AttributeDataModule(LightningDataModule, ABC):
             self.dataset("train")
             self.dataset("val")
             rank_zero_info(self.describe("train"))
+        elif stage == "validate":
+            self.dataset("val")
         else:
             self.dataset("test")
 

@@ -55,15 +55,26 @@ class GenerationRequests(LightningDataModule):
     split across the processes, so every sample is generated exactly once (no padding, no repetition) and
     batch-level methods see the same global batches whatever the number of processes.
 
+    A method that trains or calibrates on real images (``fit``/``validate``) gets them from ``train_data``,
+    so that one config serves ``fit``, ``test`` and ``predict``.
+
     Args:
         num_samples: number of images to generate.
         batch_size: global batch size (all processes together).
         skip_existing: a ``GenerationWriter`` output folder; global batches whose images are all there
             already are not generated again (an interrupted ``predict`` resumes).
+        train_data: the image DataModule of ``fit`` and ``validate`` (its train and val splits).
     """
 
-    def __init__(self, num_samples: int = 512, batch_size: int = 64, skip_existing: str | None = None) -> None:
+    def __init__(
+        self,
+        num_samples: int = 512,
+        batch_size: int = 64,
+        skip_existing: str | None = None,
+        train_data: LightningDataModule | None = None,
+    ) -> None:
         super().__init__()
+        self.train_data = train_data
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"'num_samples' and 'batch_size' must be positive, got {num_samples} and {batch_size}")
         self.num_samples = num_samples
@@ -78,6 +89,33 @@ class GenerationRequests(LightningDataModule):
             )
         done = existing_indices(self.skip_existing) if self.skip_existing else None
         return DataLoader(RequestBatches(self.num_samples, self.batch_size, world_size, done), batch_size=None)
+
+    def _images(self) -> LightningDataModule:
+        if self.train_data is None:
+            raise ValueError(
+                "This method trains on images: give GenerationRequests a 'train_data' DataModule "
+                "(e.g. --data.init_args.train_data.class_path=CelebADataModule)"
+            )
+        self.train_data.trainer = self.trainer
+        return self.train_data
+
+    def prepare_data(self) -> None:
+        """Prepares ``train_data`` (e.g. writes a synthetic dataset) when there is one."""
+        if self.train_data is not None:
+            self.train_data.prepare_data()
+
+    def setup(self, stage: str) -> None:
+        """Sets up ``train_data`` for ``fit`` and ``validate``."""
+        if stage in ("fit", "validate"):
+            self._images().setup(stage)
+
+    def train_dataloader(self) -> DataLoader:
+        """The train split of ``train_data``."""
+        return self._images().train_dataloader()
+
+    def val_dataloader(self) -> DataLoader:
+        """The val split of ``train_data``."""
+        return self._images().val_dataloader()
 
     def test_dataloader(self) -> DataLoader:
         """The requests of this process."""

@@ -1,7 +1,19 @@
 """Debiasing methods over a frozen diffusion backbone, and backbone pretraining."""
 
+from lightning_fair.methods.adp import AttributeDistributionPredictor
 from lightning_fair.methods.base import DebiasingMethod, method_registry
+from lightning_fair.methods.distribution_guidance import DistributionGuidance, HSpaceGuidance, HSpaceSampleGuidance
 from lightning_fair.methods.plain import ConditionalSampling, PlainSampling
 from lightning_fair.methods.pretraining import DiffusionPretraining
 
-__all__ = ["ConditionalSampling", "DebiasingMethod", "DiffusionPretraining", "PlainSampling", "method_registry"]
+__all__ = [
+    "AttributeDistributionPredictor",
+    "ConditionalSampling",
+    "DebiasingMethod",
+    "DiffusionPretraining",
+    "DistributionGuidance",
+    "HSpaceGuidance",
+    "HSpaceSampleGuidance",
+    "PlainSampling",
+    "method_registry",
+]

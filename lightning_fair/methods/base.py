@@ -8,12 +8,10 @@ from typing import Any, ClassVar
 
 import torch
 from lightning.pytorch import LightningModule
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_fair.backbones import FrozenUNet
 from lightning_fair.diffusion import DiffusionSampler, SamplerConfig, SamplingState
-
-BACKBONE_PREFIX = "backbone."
 
 
 class DebiasingMethod(LightningModule):
@@ -27,8 +25,9 @@ class DebiasingMethod(LightningModule):
     - :meth:`guided_eps`: the noise prediction used at each denoising step.
 
     The base provides :meth:`sample`, ``test_step``/``predict_step`` (generation requests in, images and the
-    conditions used out) and checkpoint hygiene: the frozen backbone is never written into a checkpoint; it
-    is re-loaded from its reference (``backbone``) when the checkpoint is restored.
+    conditions used out) and checkpoint hygiene: frozen modules (the backbone, and any a subclass adds with
+    :meth:`add_frozen`) are never written into a checkpoint, stay in eval mode, and are re-loaded from their
+    references (constructor arguments) when the checkpoint is restored.
 
     Args:
         backbone: a local diffusers folder or the name of a shipped model.
@@ -44,10 +43,27 @@ class DebiasingMethod(LightningModule):
         sampler = SamplerConfig(**sampler) if isinstance(sampler, dict) else sampler or SamplerConfig()
         self.save_hyperparameters(ignore=["sampler"])
         self.hparams["sampler"] = asdict(sampler)
-        self.backbone = FrozenUNet(backbone)
+        self.frozen_names: list[str] = []
+        self.add_frozen("backbone", FrozenUNet(backbone))
         self.sampler = DiffusionSampler(self.backbone.scheduler_config, sampler)
         self.seed = seed
         self.configure_modules()
+
+    backbone: FrozenUNet
+
+    def add_frozen(self, name: str, module: nn.Module) -> None:
+        """Registers a frozen module: no gradients, always in eval mode, never in a checkpoint."""
+        module.requires_grad_(False)
+        module.eval()
+        setattr(self, name, module)
+        self.frozen_names.append(name)
+
+    def train(self, mode: bool = True) -> DebiasingMethod:
+        """Sets the trainable modules' mode; frozen modules stay in eval mode."""
+        super().train(mode)
+        for name in self.frozen_names:
+            getattr(self, name).eval()
+        return self
 
     def configure_modules(self) -> None:
         """Builds the method's trainable modules (none by default)."""
@@ -78,10 +94,18 @@ class DebiasingMethod(LightningModule):
         images = self.sampler.sample(self.guided_eps, state, self.seed, self.backbone.image_shape, self.device)
         return images, state
 
+    def join_empty_batch(self) -> None:
+        """Called instead of sampling on a process whose share of a global batch is empty.
+
+        A method whose sampling steps talk to the other processes (e.g. a statistic over the global batch)
+        makes the same collective calls here, with nothing to add, so the other processes do not wait forever.
+        """
+
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
         """Turns a batch of generation requests into images plus the conditions used."""
         indices = batch["index"]
         if len(indices) == 0:
+            self.join_empty_batch()
             empty = torch.empty((0, *self.backbone.image_shape), device=self.device)
             return {"images": empty, "index": indices, "conditions": {}}
         images, state = self.sample(indices)
@@ -95,19 +119,27 @@ class DebiasingMethod(LightningModule):
         """No optimizer unless a subclass trains something."""
         return None
 
+    def _frozen_prefixes(self) -> tuple[str, ...]:
+        return tuple(f"{name}." for name in self.frozen_names)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Drops the frozen backbone's weights; records the method and the backbone reference."""
+        """Drops the frozen modules' weights; records the method and the backbone reference."""
+        prefixes = self._frozen_prefixes()
         state = checkpoint["state_dict"]
-        checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith(BACKBONE_PREFIX)}
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith(prefixes)}
         checkpoint["lightning_fair"] = {"method": type(self).__name__, "backbone": self.hparams["backbone"]}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuses another method's checkpoint and puts back the backbone loaded from its reference."""
+        """Refuses another method's checkpoint and puts back the frozen modules loaded from their references."""
         saved = checkpoint.get("lightning_fair", {}).get("method")
         if saved is not None and saved != type(self).__name__:
             raise ValueError(f"The checkpoint was written by {saved}, not by {type(self).__name__}")
-        backbone_state = {BACKBONE_PREFIX + k: v for k, v in self.backbone.state_dict().items()}
-        checkpoint["state_dict"] = {**checkpoint["state_dict"], **backbone_state}
+        frozen_state = {
+            f"{name}.{key}": value
+            for name in self.frozen_names
+            for key, value in getattr(self, name).state_dict().items()
+        }
+        checkpoint["state_dict"] = {**checkpoint["state_dict"], **frozen_state}
 
 
 def method_registry() -> dict[str, type[DebiasingMethod]]:

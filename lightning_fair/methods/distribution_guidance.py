@@ -1,0 +1,378 @@
+"""Distribution Guidance ("Balancing Act", Parihar et al., CVPR 2024) and its per-sample h-space baseline."""
+
+from __future__ import annotations
+
+import csv
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from lightning_fair.callbacks.run_folder import run_folder
+from lightning_fair.classifiers import load_classifier
+from lightning_fair.diffusion import SamplerConfig, SamplingState, sample_generators
+from lightning_fair.diffusion.seeding import CONDITION_STREAM, per_sample_choice
+from lightning_fair.methods.adp import AttributeDistributionPredictor
+from lightning_fair.methods.base import DebiasingMethod
+from lightning_fair.metrics import GroupedAccuracy, validate_distribution
+from lightning_fair.utils.distributed import sum_over_processes
+
+ACCURACY_FILE = "adp_accuracy.csv"
+
+
+class HSpaceGuidance(DebiasingMethod):
+    """Guidance on the h-space of the frozen UNet by Attribute Distribution Predictors (ADPs).
+
+    ``fit`` trains one :class:`AttributeDistributionPredictor` per attribute of ``target_distributions``; only the
+    ADPs train. Their labels are pseudo-labels of the ``classifier`` on the training images (no ground-truth
+    attribute is read), and h is taken from those images noised to each sampler timestep by the forward process
+    (``h_source="noised"``, default) or from a deterministic DDIM inversion of them (``"inversion"``, the paper's
+    choice; one UNet call per step and image). The ADPs are trained with cross-entropy on their logits; the
+    temperature softens them only at guidance time, as in the official code. The validation split reports
+    each ADP's accuracy at every timestep (logged, and written to ``adp_accuracy.csv`` in the log folder).
+
+    At sampling, from step ``first_guided_step`` on (the official code skips the first, t = T), h of the batch is
+    moved by one gradient step on the subclass's :meth:`guidance_loss`: with the official schedule,
+    ``h <- h - step_size * beta_t**beta_exponent * guidance_scale * d(loss_weight * loss)/dh``; eps is then
+    decoded from the edited h. The gradient is taken on h through the ADP heads only, never through the UNet.
+
+    Args:
+        backbone: a diffusers folder or shipped model name.
+        classifier: an ``AttributeClassifier`` (checkpoint, folder or shipped name) giving the pseudo-labels.
+        target_distributions: the target distribution of each guided attribute, e.g. ``{"Male": [0.5, 0.5]}``.
+        sampler: settings of the sampling loop.
+        seed: seed of the run.
+        head: ADP heads, ``linear`` (official) or ``mlp``.
+        hidden_features: hidden width of ``mlp`` heads.
+        temperature: softmax temperature of the ADP at guidance time (official: 8).
+        h_source: ``noised`` (forward process) or ``inversion`` (DDIM inversion) training features.
+        guidance_scale: the official ``--scale`` (15 in its script for a batch of 100).
+        loss_weight: factor of the loss before the gradient (official: 300).
+        step_size: factor of the update (official: 1.5).
+        beta_exponent: the update is scaled by ``beta_t ** beta_exponent`` (official: 0.05).
+        first_guided_step: first denoising step (0 is the noisiest) that is guided (official: 1).
+        learning_rate: AdamW learning rate of the ADPs.
+        weight_decay: AdamW weight decay of the ADPs.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        classifier: str,
+        target_distributions: dict[str, list[float]],
+        sampler: SamplerConfig | None = None,
+        seed: int = 0,
+        head: Literal["linear", "mlp"] = "linear",
+        hidden_features: int = 256,
+        temperature: float = 8.0,
+        h_source: Literal["noised", "inversion"] = "noised",
+        guidance_scale: float = 15.0,
+        loss_weight: float = 300.0,
+        step_size: float = 1.5,
+        beta_exponent: float = 0.05,
+        first_guided_step: int = 1,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(backbone=backbone, sampler=sampler, seed=seed)
+
+    def configure_modules(self) -> None:
+        """Loads the pseudo-labelling classifier (frozen) and builds one ADP per attribute."""
+        options = self.hparams
+        if not options["target_distributions"]:
+            raise ValueError("Option 'target_distributions' must name at least one attribute")
+        if options["h_source"] not in ("noised", "inversion"):
+            raise ValueError(f"Option 'h_source' must be 'noised' or 'inversion', got {options['h_source']!r}")
+        if options["temperature"] <= 0:
+            raise ValueError(f"Option 'temperature' must be positive, got {options['temperature']}")
+        self.add_frozen("classifier", load_classifier(options["classifier"]))
+        self.attributes = list(options["target_distributions"])
+        self.attribute_columns = [self.classifier.attribute_index(name) for name in self.attributes]
+        self.targets = {
+            name: validate_distribution(
+                distribution, self.classifier.num_classes[column], f"target_distributions.{name}"
+            ).float()
+            for (name, distribution), column in zip(
+                options["target_distributions"].items(), self.attribute_columns, strict=True
+            )
+        }
+        timesteps = self.sampler.timesteps
+        h_shape = self._h_shape()
+        self.predictors = nn.ModuleDict(
+            {
+                name: AttributeDistributionPredictor(
+                    h_shape, len(target), timesteps, options["head"], options["hidden_features"]
+                )
+                for name, target in self.targets.items()
+            }
+        )
+        self.val_accuracy = nn.ModuleDict({name: GroupedAccuracy(len(timesteps)) for name in self.attributes})
+        self.accuracy_table: dict[str, list[float]] = {}
+
+    def _h_shape(self) -> tuple[int, ...]:
+        probe = torch.zeros(1, *self.backbone.image_shape)
+        with torch.no_grad():
+            encoding = self.backbone.encode(probe, self.sampler.timesteps[0], self.backbone.default_labels(1, "cpu"))
+        return tuple(encoding.h.shape[1:])
+
+    # ----------------------------------------------------------------------------------------------- training
+
+    def pseudo_labels(self, images: Tensor) -> dict[str, Tensor]:
+        """The classifier's predicted class of each guided attribute, ``{name: (B,)}``."""
+        predictions = self.classifier.predict(images)
+        columns = zip(self.attributes, self.attribute_columns, strict=True)
+        return {name: predictions[:, column] for name, column in columns}
+
+    def training_features(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """H of ``images`` at sampler timesteps and those timesteps, as ``(N, *h_shape)`` and ``(N,)``.
+
+        ``noised``: one random sampler timestep per image (``N = B``). ``inversion``: every timestep of a DDIM
+        inversion of each image (``N = S * B``, grouped by timestep).
+        """
+        timesteps = self.sampler.timesteps.to(images.device)
+        labels = self.backbone.default_labels(len(images), images.device)
+        if self.hparams["h_source"] == "noised":
+            choice = torch.randint(len(timesteps), (len(images),), generator=generator, device="cpu").to(images.device)
+            t = timesteps[choice]
+            noise = torch.randn(images.shape, generator=generator, device="cpu").to(images.device)
+            noisy = self.sampler.scheduler.add_noise(images, noise, t)
+            return self.backbone.encode(noisy, t, labels).h, t
+        features, steps = [], []
+        alphas = self.sampler.scheduler.alphas_cumprod.to(images.device)
+        ascending = timesteps.flip(0)
+        x = images
+        for position, t in enumerate(ascending):
+            encoding = self.backbone.encode(x, t, labels)
+            features.append(encoding.h)
+            steps.append(t.expand(len(images)))
+            if position + 1 < len(ascending):
+                eps = self.backbone.decode(encoding)
+                alpha, alpha_next = alphas[t], alphas[ascending[position + 1]]
+                clean = (x - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+                x = alpha_next.sqrt() * clean + (1 - alpha_next).sqrt() * eps
+        return torch.cat(features), torch.cat(steps)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Cross-entropy of every ADP against the classifier's pseudo-labels."""
+        with torch.no_grad():
+            labels = self.pseudo_labels(batch["image"])
+            h, t = self.training_features(batch["image"])
+        repeats = len(h) // len(batch["image"])
+        losses = {
+            name: F.cross_entropy(self.predictors[name](h, t), labels[name].repeat(repeats)) for name in self.attributes
+        }
+        for name, loss in losses.items():
+            self.log(f"train/loss_{name}", loss, prog_bar=len(losses) == 1)
+        return torch.stack(list(losses.values())).sum()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Accuracy of every ADP head at its own timestep (fixed noise per batch)."""
+        images = batch["image"]
+        labels = self.pseudo_labels(images)
+        timesteps = self.sampler.timesteps.to(images.device)
+        if self.hparams["h_source"] == "inversion":
+            features = [self.training_features(images)]
+        else:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + batch_idx)
+            noise = torch.randn(images.shape, generator=generator).to(images.device)
+            null = self.backbone.default_labels(len(images), images.device)
+            features = []
+            for t in timesteps:
+                noisy = self.sampler.scheduler.add_noise(images, noise, t.expand(len(images)))
+                features.append((self.backbone.encode(noisy, t, null).h, t.expand(len(images))))
+        for h, t in features:
+            repeats = len(h) // len(images)
+            step = self.predictors[self.attributes[0]].head_index(t)
+            for name in self.attributes:
+                predictions = self.predictors[name](h, t).argmax(dim=1)
+                self.val_accuracy[name].update(predictions, labels[name].repeat(repeats), step)
+
+    def on_validation_epoch_end(self) -> None:
+        """Logs each ADP's mean accuracy over timesteps and keeps the per-timestep table."""
+        for name in self.attributes:
+            per_step = self.val_accuracy[name].compute()
+            self.val_accuracy[name].reset()
+            self.accuracy_table[name] = per_step.tolist()
+            self.log(f"val/acc_{name}", per_step.nanmean(), sync_dist=False)
+
+    def on_fit_end(self) -> None:
+        """Writes the last per-timestep validation accuracy to ``adp_accuracy.csv`` in the log folder."""
+        folder = run_folder(self.trainer)
+        if not self.trainer.is_global_zero or not self.accuracy_table:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary = folder / f".{ACCURACY_FILE}.tmp"
+        with temporary.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["step_index", "timestep", *self.attributes])
+            for step, t in enumerate(self.sampler.timesteps.tolist()):
+                writer.writerow([step, t, *(f"{self.accuracy_table[name][step]:.4f}" for name in self.attributes)])
+        temporary.replace(folder / ACCURACY_FILE)
+        summary = ", ".join(
+            f"{name} {min(values):.3f}..{max(values):.3f}" for name, values in self.accuracy_table.items()
+        )
+        rank_zero_info(f"ADP validation accuracy over timesteps: {summary} ({folder / ACCURACY_FILE})")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW over the ADPs only."""
+        return torch.optim.AdamW(
+            self.predictors.parameters(), lr=self.hparams["learning_rate"], weight_decay=self.hparams["weight_decay"]
+        )
+
+    # ----------------------------------------------------------------------------------------------- sampling
+
+    def probabilities(self, h: Tensor, t: Tensor) -> dict[str, Tensor]:
+        """Tempered ADP probabilities of each attribute, ``{name: (B, K)}``."""
+        temperature = self.hparams["temperature"]
+        return {name: (self.predictors[name](h, t) / temperature).softmax(dim=1) for name in self.attributes}
+
+    def guidance_loss(self, h: Tensor, t: Tensor, state: SamplingState) -> Tensor:
+        """The loss whose gradient on h guides the step (differentiable in ``h``)."""
+        raise NotImplementedError
+
+    def edit_h(self, h: Tensor, t: Tensor, state: SamplingState) -> Tensor:
+        """The h-space tensor after one gradient step on :meth:`guidance_loss` (official schedule)."""
+        options = self.hparams
+        # Lightning samples under inference mode: the gradient on h needs a normal tensor and autograd.
+        with torch.inference_mode(False), torch.enable_grad():
+            h = h.detach().clone().requires_grad_(True)
+            loss = options["loss_weight"] * self.guidance_loss(h, t, state)
+            (gradient,) = torch.autograd.grad(loss, h)
+        beta = float(self.sampler.scheduler.betas[int(t)])
+        strength = options["step_size"] * beta ** options["beta_exponent"] * options["guidance_scale"]
+        return h.detach() - strength * gradient
+
+    def guided_eps(self, x: Tensor, t: Tensor, state: SamplingState) -> Tensor:
+        """Eps decoded from the edited h (from ``first_guided_step`` on)."""
+        encoding = self.backbone.encode(x, t, state.class_labels)
+        if state.step_index < self.hparams["first_guided_step"]:
+            return self.backbone.decode(encoding)
+        return self.backbone.decode(encoding, self.edit_h(encoding.h, t, state))
+
+    def guided_steps(self) -> int:
+        """Number of denoising steps that are guided."""
+        return max(0, len(self.sampler.timesteps) - self.hparams["first_guided_step"])
+
+
+class DistributionGuidance(HSpaceGuidance):
+    """Pulls the batch's predicted attribute distribution to a target (Parihar et al., CVPR 2024).
+
+    At each guided step the batch's distribution ``p_hat = mean_i softmax(ADP_t(h_i) / T)`` is compared with the
+    target by ``loss`` (``chi2``: ``sum_k (p_hat_k - p_k)^2 / p_k``, the official default; or ``kl``:
+    ``KL(p_hat || p)``), summed over attributes, and h moves down its gradient (see :class:`HSpaceGuidance`).
+
+    ``p_hat`` is taken over the **global** batch of all processes: the other processes' sums enter as constants,
+    so each process gets the exact gradient for its own samples, and 2 processes with B/2 samples each get the
+    same guidance as 1 process with B (the official code estimates it per GPU). The strength depends on the
+    global batch size (``guidance_scale`` 15 is the official value for a batch of 100).
+
+    Args:
+        loss: ``chi2`` or ``kl``.
+        **others: see :class:`HSpaceGuidance`.
+    """
+
+    name = "distribution_guidance"
+
+    def __init__(
+        self,
+        backbone: str,
+        classifier: str,
+        target_distributions: dict[str, list[float]],
+        sampler: SamplerConfig | None = None,
+        seed: int = 0,
+        loss: Literal["chi2", "kl"] = "chi2",
+        head: Literal["linear", "mlp"] = "linear",
+        hidden_features: int = 256,
+        temperature: float = 8.0,
+        h_source: Literal["noised", "inversion"] = "noised",
+        guidance_scale: float = 15.0,
+        loss_weight: float = 300.0,
+        step_size: float = 1.5,
+        beta_exponent: float = 0.05,
+        first_guided_step: int = 1,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+    ) -> None:
+        if loss not in ("chi2", "kl"):
+            raise ValueError(f"Option 'loss' must be 'chi2' or 'kl', got {loss!r}")
+        super().__init__(
+            backbone=backbone,
+            classifier=classifier,
+            target_distributions=target_distributions,
+            sampler=sampler,
+            seed=seed,
+            head=head,
+            hidden_features=hidden_features,
+            temperature=temperature,
+            h_source=h_source,
+            guidance_scale=guidance_scale,
+            loss_weight=loss_weight,
+            step_size=step_size,
+            beta_exponent=beta_exponent,
+            first_guided_step=first_guided_step,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+        )
+        for name, target in self.targets.items():
+            if (target <= 0).any():
+                raise ValueError(
+                    f"'target_distributions.{name}' must be positive for the {loss} loss, got {target.tolist()}"
+                )
+
+    def global_distributions(self, probabilities: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``p_hat`` of each attribute over the global batch, differentiable in this process's probabilities."""
+        local = [p.sum(dim=0) for p in probabilities.values()]
+        batch = next(iter(probabilities.values())).new_tensor([len(next(iter(probabilities.values())))])
+        local_total = torch.cat([*(part.detach() for part in local), batch])
+        others = sum_over_processes(local_total) - local_total
+        sizes = [len(part) for part in local]
+        count = batch + others[-1]
+        offsets = others[:-1].split(sizes)
+        return {name: (part + offset) / count for name, part, offset in zip(probabilities, local, offsets, strict=True)}
+
+    def guidance_loss(self, h: Tensor, t: Tensor, state: SamplingState) -> Tensor:
+        """Chi-square (or KL) distance of the global batch's predicted distribution to the target."""
+        distributions = self.global_distributions(self.probabilities(h, t))
+        total = h.new_zeros(())
+        for name, p_hat in distributions.items():
+            target = self.targets[name].to(h.device)
+            if self.hparams["loss"] == "chi2":
+                total = total + ((p_hat - target) ** 2 / target).sum()
+            else:
+                total = total + (p_hat * (p_hat.clamp(min=1e-12) / target).log()).sum()
+        return total
+
+    def join_empty_batch(self) -> None:
+        """Takes part in each guided step's sum over processes with an empty share."""
+        width = sum(len(target) for target in self.targets.values()) + 1
+        for _ in range(self.guided_steps()):
+            sum_over_processes(torch.zeros(width, device=self.device))
+
+
+class HSpaceSampleGuidance(HSpaceGuidance):
+    """Per-sample h-space guidance, the baseline of Parihar et al. (2024): each sample toward its own class.
+
+    Each sample draws a class of every guided attribute from the target distribution (per-sample seeded), and
+    h moves up the ADP's tempered probability of that class: loss ``-sum_i sum_a softmax(ADP_t(h_i) / T)[c_i]``.
+    Samples do not interact, so the result does not depend on the batch.
+    """
+
+    name = "h_sample_guidance"
+
+    def init_state(self, indices: Tensor) -> SamplingState:
+        """Draws each sample's class of every guided attribute from its target distribution."""
+        generators = sample_generators(self.seed, indices, CONDITION_STREAM)
+        conditions = {
+            name: per_sample_choice(generators, target).to(self.device) for name, target in self.targets.items()
+        }
+        labels = self.backbone.default_labels(len(indices), self.device)
+        return SamplingState(indices=indices, class_labels=labels, conditions=conditions)
+
+    def guidance_loss(self, h: Tensor, t: Tensor, state: SamplingState) -> Tensor:
+        """Minus the probability of each sample's assigned class, summed over samples and attributes."""
+        total = h.new_zeros(())
+        for name, probabilities in self.probabilities(h, t).items():
+            total = total - probabilities.gather(1, state.conditions[name].view(-1, 1)).sum()
+        return total

@@ -12,6 +12,19 @@ import lightning_fair.data
 import lightning_fair.methods
 
 
+class LightningFairCLI(LightningCLI):
+    """LightningCLI whose config and command line are the whole truth: ``--ckpt_path`` brings weights only.
+
+    Lightning's CLI replaces the model's options with the hyperparameters saved in the checkpoint given by
+    ``--ckpt_path``, silently overriding the config and the command line. Here a method checkpoint is re-used
+    with other sampling options (target distribution, guidance scale, steps, seed), so the saved ones are not
+    read back; a checkpoint whose modules do not fit the configured ones fails to load with Lightning's error.
+    """
+
+    def _parse_ckpt_path(self) -> None:
+        """Keeps the parsed config as it is (see the class docstring)."""
+
+
 def build_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
     """Parses ``args`` (default ``sys.argv[1:]``) into a LightningCLI and, with ``run``, runs its subcommand.
 
@@ -19,7 +32,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
     the package's own classes, by class name. With ``run=False`` there is no subcommand: the config is
     parsed and the trainer, model and datamodule are instantiated for the caller to drive.
     """
-    return LightningCLI(
+    return LightningFairCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,

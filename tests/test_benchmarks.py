@@ -67,3 +67,35 @@ def test_fairness_benchmark_rows(generation_config: Callable[..., Path], tmp_pat
 def test_fairness_benchmark_bad_options(arguments: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):
         load_script("fairness").main(arguments)
+
+
+def test_fairness_benchmark_fits_a_method_that_needs_it(
+    generation_config: Callable[..., Path], tiny_classifier: Path, faces_root: Path, tmp_path: Path
+) -> None:
+    fairness = load_script("fairness")
+    plain = generation_config(tmp_path, num_samples=4, method="PlainSampling", name="plain")
+    guided = generation_config(tmp_path, num_samples=4, method="DistributionGuidance", name="guided")
+    text = guided.read_text()
+    model_options = f"    classifier: {tiny_classifier}\n    target_distributions: {{Male: [0.3, 0.7]}}\n"
+    text = text.replace("    sampler:", model_options + "    sampler:")
+    text = text.replace(
+        "batch_size: 4}",
+        f"batch_size: 4, train_data: {{class_path: CelebADataModule, init_args: {{root: {faces_root}, "
+        "attributes: [Male], sensitive: Male, image_size: 32, batch_size: 8}}}",
+    )
+    text = text.replace("  accelerator: cpu", "  accelerator: cpu\n  max_steps: 2\n  limit_val_batches: 1")
+    guided.write_text(text)
+    rows = fairness.main(
+        [
+            "--methods=plain,guided",
+            f"--config=plain={plain}",
+            f"--config=guided={guided}",
+            "--num-samples=4",
+            "--steps=2",
+            "--accelerator=cpu",
+            f"--log-dir={tmp_path / 'logs'}",
+        ]
+    )
+    assert rows[0]["fit_seconds"] == 0.0
+    assert rows[1]["fit_seconds"] > 0
+    assert rows[1]["num_samples"] == 4

@@ -225,7 +225,12 @@ def test_two_processes_give_the_global_batch_guidance_of_one(
     [last] = sorted(tmp_path.rglob("*.ckpt"))
     last.rename(checkpoint)
     images: dict[str, np.ndarray] = {}
-    runs = {"one": [], "two": ["--trainer.devices=2", "--trainer.strategy=ddp"], "off": ["--model.init_args.guidance_scale=0"]}
+    # "off" also shows that --ckpt_path does not bring back the checkpoint's options over the command line.
+    runs = {
+        "one": [],
+        "two": ["--trainer.devices=2", "--trainer.strategy=ddp"],
+        "off": ["--model.init_args.guidance_scale=0"],
+    }
     for name, extra in runs.items():
         folder = tmp_path / name
         writer = json.dumps([{"class_path": "GenerationWriter", "init_args": {"output_dir": str(folder)}}])

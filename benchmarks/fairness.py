@@ -1,9 +1,10 @@
 r"""Fairness benchmark: every listed method on the same requests, classifier and metrics, in one run.
 
-Each method runs from its config ``configs/<dataset>/<method>.yaml`` (or one given with ``--config``) with the
-run's sample count, step count and seed. A method that needs ``fit`` (it trains a module or calibrates) takes
-its checkpoint from ``--ckpt METHOD=PATH`` or is fitted first with its config. ``plain`` always runs: the
-``time_ratio`` of every row is its sampling time over plain's in the same run.
+Each method runs from its config ``configs/<dataset>/<method>.yaml`` (or one given with ``--config``, under any
+label) with the run's sample count, step count and seed, plus its ``--override`` arguments. A method that needs
+``fit`` (it trains a module or calibrates) takes its checkpoint from ``--ckpt METHOD=PATH`` or is fitted first
+with its config. ``plain`` always runs: the ``time_ratio`` of every row is its sampling time over plain's in the
+same run.
 
 Run from the repository root (the configs' data folders are relative to it)::
 
@@ -11,8 +12,9 @@ Run from the repository root (the configs' data folders are relative to it)::
         --num-samples 512 --steps 25 --seed 0 --out results.json
 
 Prints a Markdown table and writes a JSON list of rows with ``method``, ``fd``, ``fd_l1``, ``fd_kl``,
-``proportions`` (of the sensitive attribute), ``dp_gap``, ``fid_cls``, ``kid_cls``, ``confident``,
-``seconds`` (time spent generating, evaluation excluded), ``time_ratio``, ``fit_seconds``.
+``proportions`` (of the sensitive attribute), ``fd_by_attribute`` (with the evaluator's ``extra_targets``),
+``dp_gap``, ``fid_cls``, ``kid_cls``, ``confident``, ``seconds`` (time spent generating, evaluation excluded),
+``time_ratio``, ``fit_seconds``.
 """
 
 from __future__ import annotations
@@ -81,7 +83,9 @@ class SamplingClock:
             torch.cuda.synchronize(device)
 
 
-def run_method(method: str, config: Path, options: argparse.Namespace, checkpoint: str | None) -> dict[str, Any]:
+def run_method(
+    method: str, config: Path, options: argparse.Namespace, checkpoint: str | None, extra: list[str]
+) -> dict[str, Any]:
     """Fits ``method`` if it needs it and has no checkpoint, generates and evaluates; returns its row."""
     overrides = [
         f"--seed_everything={options.seed}",
@@ -96,6 +100,7 @@ def run_method(method: str, config: Path, options: argparse.Namespace, checkpoin
     ]
     if options.batch_size:
         overrides.append(f"--data.init_args.batch_size={options.batch_size}")
+    overrides += extra
     with mock.patch.object(sys, "argv", sys.argv[:1]):  # the CLI must not see the benchmark's own options
         cli = build_cli(["-c", str(config), *overrides], run=False)
     trainer, model = cli.trainer, cli.model
@@ -124,6 +129,10 @@ def run_method(method: str, config: Path, options: argparse.Namespace, checkpoin
         "sensitive": evaluator.sensitive,
         "target_distribution": evaluator.target_distribution,
         "proportions": [value for name, value in results.items() if name.startswith(prefix)],
+        "fd_by_attribute": {
+            evaluator.sensitive: results["fd"],
+            **{name: results[f"fd/{name}"] for name in evaluator.extra_targets},
+        },
         "dp_gap": finite_or_none(results.get("dp_gap")),
         "fid_cls": finite_or_none(results.get("fid_cls")),
         "kid_cls": finite_or_none(results.get("kid_cls")),
@@ -145,20 +154,23 @@ def cell(value: float | None, digits: int) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The rows as a Markdown table."""
+    """The rows as a Markdown table (with FD per attribute when a method balances several)."""
     sensitive = rows[0]["sensitive"]
-    lines = [
-        f"| method | FD | FD (L1) | P({sensitive}) | target | DP gap | fid_cls | confident | seconds | time ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    several = any(len(row["fd_by_attribute"]) > 1 for row in rows)
+    columns = ["method", "FD", "FD (L1)", f"P({sensitive})", "target", "DP gap", "fid_cls", "confident", "seconds"]
+    header = "| " + " | ".join([*columns, "time ratio"]) + " |"
+    lines = [header + (" FD by attribute |" if several else ""), "|---" * (10 + several) + "|"]
     for row in rows:
         proportions = "/".join(f"{p:.3f}" for p in row["proportions"])
         target = "/".join(f"{p:.2f}" for p in row["target_distribution"])
-        lines.append(
+        line = (
             f"| {row['method']} | {row['fd']:.4f} | {row['fd_l1']:.4f} | {proportions} | {target} | "
             f"{cell(row['dp_gap'], 4)} | {cell(row['fid_cls'], 2)} | {row['confident']:.3f} | {row['seconds']:.1f} | "
             f"{row['time_ratio']:.3f} |"
         )
+        if several:
+            line += " " + ", ".join(f"{name} {fd:.4f}" for name, fd in row["fd_by_attribute"].items()) + " |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -173,6 +185,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the config's)")
     parser.add_argument("--ckpt", action="append", default=[], metavar="METHOD=PATH", help="checkpoint of a method")
     parser.add_argument("--config", action="append", default=[], metavar="METHOD=PATH", help="config of a method")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="METHOD=ARG",
+        help="a command-line argument for one method, e.g. 'dg=--model.init_args.guidance_scale=50' (repeatable)",
+    )
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
     parser.add_argument("--log-dir", default="logs/benchmarks", help="where each method's run folder goes")
     parser.add_argument("--out", default=None, help="JSON file for the rows")
@@ -186,11 +205,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     methods = [REFERENCE_METHOD] + [name for name in dict.fromkeys(methods) if name != REFERENCE_METHOD]
     checkpoints = parse_pairs(options.ckpt, "--ckpt")
     configs = parse_pairs(options.config, "--config")
+    extras: dict[str, list[str]] = {method: [] for method in methods}
+    for pair in options.override:
+        name, _, argument = pair.partition("=")
+        if name not in extras or not argument:
+            raise SystemExit(f"--override expects METHOD=ARG with METHOD in --methods, got {pair!r}")
+        extras[name].append(argument)
     unknown = sorted((set(checkpoints) | set(configs)) - set(methods))
     if unknown:
         raise SystemExit(f"--ckpt/--config name methods that are not in --methods: {unknown}")
     paths = {method: method_config(options.dataset, method, configs) for method in methods}
-    rows = [run_method(method, paths[method], options, checkpoints.get(method)) for method in methods]
+    rows = [run_method(method, paths[method], options, checkpoints.get(method), extras[method]) for method in methods]
     reference_seconds = rows[0]["seconds"]
     for row in rows:
         row["time_ratio"] = row["seconds"] / reference_seconds

@@ -62,6 +62,7 @@ def test_fairness_benchmark_rows(generation_config: Callable[..., Path], tmp_pat
         (["--methods=unknown_method"], "No config for method 'unknown_method'"),
         (["--ckpt=conditional"], "--ckpt expects METHOD=PATH"),
         (["--ckpt=other=x.ckpt"], "not in --methods: \\['other'\\]"),
+        (["--override=other=--seed_everything=1"], "--override expects METHOD=ARG with METHOD in --methods"),
     ],
 )
 def test_fairness_benchmark_bad_options(arguments: list[str], message: str) -> None:
@@ -90,6 +91,7 @@ def test_fairness_benchmark_fits_a_method_that_needs_it(
             "--methods=plain,guided",
             f"--config=plain={plain}",
             f"--config=guided={guided}",
+            "--override=guided=--model.init_args.guidance_scale=7.5",
             "--num-samples=4",
             "--steps=2",
             "--accelerator=cpu",
@@ -99,3 +101,4 @@ def test_fairness_benchmark_fits_a_method_that_needs_it(
     assert rows[0]["fit_seconds"] == 0.0
     assert rows[1]["fit_seconds"] > 0
     assert rows[1]["num_samples"] == 4
+    assert "guidance_scale: 7.5" in (Path(rows[1]["log_dir"]) / "config.yaml").read_text()

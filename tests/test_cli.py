@@ -20,8 +20,10 @@ CALLBACK_FRAGMENTS = sorted((REPO_ROOT / "callbacks").glob("*.yaml"))
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda path: str(path.relative_to(REPO_ROOT / "configs")))
 def test_config_parses(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # Configs for real datasets leave `root` to the command line, as their users do.
-    real_data_root = ["--data.init_args.root", "/data"] if config.parent.name in REAL_DATASETS else []
+    # Configs for real datasets leave `root` to the command line, as their users do; method configs name
+    # conventional paths inside the file (their evaluator copies them when the file is read).
+    leaves_root = config.parent.name in REAL_DATASETS and "GenerationRequests" not in config.read_text()
+    real_data_root = ["--data.init_args.root", "/data"] if leaves_root else []
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "-c", str(config), *real_data_root, "--print_config"])
     assert exit_info.value.code == 0

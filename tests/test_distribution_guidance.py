@@ -246,3 +246,13 @@ def test_two_processes_give_the_global_batch_guidance_of_one(
     assert np.abs(differences).max() <= 1  # float summation order may flip a rounding
     assert np.count_nonzero(differences) <= differences.size // 1000
     assert np.abs(images["one"] - images["off"]).mean() > 1  # the guidance did change the images
+
+
+@pytest.mark.parametrize("method_class", [DistributionGuidance, HSpaceSampleGuidance])
+def test_guidance_runs_under_inference_mode(tiny_backbone: Path, tiny_classifier: Path, method_class: type) -> None:
+    """Lightning's test loop samples under torch.inference_mode; the gradient on h must still work."""
+    method = guidance(tiny_backbone, tiny_classifier, method=method_class)
+    expected, _ = method.sample(3)
+    with torch.inference_mode():
+        images, _ = method.sample(3)
+    torch.testing.assert_close(images, expected)

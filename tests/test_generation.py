@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch import Trainer
 from PIL import Image
 
+from lightning_fair.callbacks import FairnessEvaluator
 from lightning_fair.cli import main
 from lightning_fair.data.requests import RequestBatches
 from lightning_fair.diffusion import SamplerConfig
@@ -116,3 +117,16 @@ def test_two_processes_match_one(generation_config: Callable[..., Path], tmp_pat
     for name, value in metrics_1.items():
         if not name.startswith("kid"):  # KID draws random subsets from the gathered order
             assert metrics_2[name] == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), name
+
+
+def test_evaluator_reports_fd_of_extra_targets(tiny_classifier: Path) -> None:
+    evaluator = FairnessEvaluator(str(tiny_classifier), sensitive="Male", extra_targets={"Blond_Hair": [0.2, 0.8]})
+    torch.manual_seed(0)
+    images = torch.rand(10, 3, 32, 32) * 2 - 1
+    evaluator.update(images)
+    results = evaluator.compute()
+    blond = evaluator.classifier.predict(images)[:, 1].float().mean().item()
+    assert results["fd/Blond_Hair"] == pytest.approx(((1 - blond - 0.2) ** 2 + (blond - 0.8) ** 2) ** 0.5)
+    assert results["proportion/Blond_Hair=1"] == pytest.approx(blond)
+    with pytest.raises(ValueError, match="'extra_targets.Blond_Hair' has 1 entries"):
+        FairnessEvaluator(str(tiny_classifier), sensitive="Male", extra_targets={"Blond_Hair": [1.0]})

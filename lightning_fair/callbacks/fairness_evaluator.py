@@ -37,6 +37,7 @@ class FairnessEvaluator(Callback):
     ``metrics.json`` and ``metrics.md`` in the log directory:
 
     - ``fd``, ``fd_l1``, ``fd_kl``: distance of the predicted ``sensitive`` distribution to the target;
+    - ``fd/<attribute>``: the same (L2) for each attribute of ``extra_targets`` (e.g. when several are balanced);
     - ``fd_given_<target>=<k>``: the same within each predicted class of ``target``;
     - ``dp_gap``: demographic-parity gap of ``target`` (class 1) across predicted ``sensitive`` groups;
     - ``bias_score``: InvDiff's pairwise bias score of ``sensitive``;
@@ -55,6 +56,7 @@ class FairnessEvaluator(Callback):
         reference_split: split of ``reference`` to compare with (a balanced one).
         kid_subset_size: images per KID subset (capped by the number of samples).
         cache_dir: where reference features are cached (default: ``<root of reference>/.cache``).
+        extra_targets: further attributes to report FD for, with their target distributions.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class FairnessEvaluator(Callback):
         reference_split: str = "test",
         kid_subset_size: int = 256,
         cache_dir: str | None = None,
+        extra_targets: dict[str, list[float]] | None = None,
     ) -> None:
         super().__init__()
         self.classifier_reference = classifier
@@ -80,6 +83,12 @@ class FairnessEvaluator(Callback):
         self.reference_split = reference_split
         self.kid_subset_size = kid_subset_size
         self.cache_dir = cache_dir
+        self.extra_targets = {
+            name: validate_distribution(
+                values, self.classifier.num_classes[self.classifier.attribute_index(name)], f"extra_targets.{name}"
+            ).tolist()
+            for name, values in (extra_targets or {}).items()
+        }
         self.metrics = self._build_metrics()
         self.num_reference = 0
         self.results: dict[str, float] = {}
@@ -97,6 +106,9 @@ class FairnessEvaluator(Callback):
         }
         for column in range(len(self.classifier.attributes)):
             metrics[f"proportion_{column}"] = AttributeProportions(classes[column])
+        for name, target in self.extra_targets.items():
+            column = self.classifier.attribute_index(name)
+            metrics[f"fd_extra_{column}"] = FairnessDiscrepancy(classes[column], target, "l2")
         if self.target_column is not None:
             num_target = classes[self.target_column]
             metrics["fd_given_target"] = FairnessDiscrepancy(
@@ -154,6 +166,8 @@ class FairnessEvaluator(Callback):
         self.metrics["num_samples"].update(len(images))
         for column, prediction in enumerate(predictions):
             self.metrics[f"proportion_{column}"].update(prediction)
+            if f"fd_extra_{column}" in self.metrics:
+                self.metrics[f"fd_extra_{column}"].update(prediction)
         if self.target_column is not None:
             target = predictions[self.target_column]
             self.metrics["fd_given_target"].update(sensitive, groups=target)
@@ -191,6 +205,8 @@ class FairnessEvaluator(Callback):
         results: dict[str, float] = {}
         for name in ("fd", "fd_l1", "fd_kl", "bias_score"):
             results[name] = self.metrics[name].compute().item()
+        for name in self.extra_targets:
+            results[f"fd/{name}"] = self.metrics[f"fd_extra_{self.classifier.attribute_index(name)}"].compute().item()
         results[f"confident/{self.sensitive}"] = self.metrics["confident"].compute().item()
         num_samples = int(self.metrics["num_samples"].compute().item())
         for column, attribute in enumerate(self.classifier.attributes):
@@ -239,6 +255,7 @@ class FairnessEvaluator(Callback):
             "sensitive": self.sensitive,
             "target": self.target,
             "target_distribution": self.target_distribution,
+            "extra_targets": self.extra_targets,
             "metrics": results,
         }
         lines = [

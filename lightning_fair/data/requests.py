@@ -56,7 +56,8 @@ class GenerationRequests(LightningDataModule):
     batch-level methods see the same global batches whatever the number of processes.
 
     A method that trains or calibrates on real images (``fit``/``validate``) gets them from ``train_data``,
-    so that one config serves ``fit``, ``test`` and ``predict``.
+    so that one config serves ``fit``, ``test`` and ``predict``; without ``train_data``, ``fit`` iterates
+    ``calibration_samples`` generation requests (for a training-free method that calibrates on its own samples).
 
     Args:
         num_samples: number of images to generate.
@@ -64,6 +65,7 @@ class GenerationRequests(LightningDataModule):
         skip_existing: a ``GenerationWriter`` output folder; global batches whose images are all there
             already are not generated again (an interrupted ``predict`` resumes).
         train_data: the image DataModule of ``fit`` and ``validate`` (its train and val splits).
+        calibration_samples: requests iterated by ``fit`` when there is no ``train_data``.
     """
 
     def __init__(
@@ -72,8 +74,10 @@ class GenerationRequests(LightningDataModule):
         batch_size: int = 64,
         skip_existing: str | None = None,
         train_data: LightningDataModule | None = None,
+        calibration_samples: int = 256,
     ) -> None:
         super().__init__()
+        self.calibration_samples = calibration_samples
         self.train_data = train_data
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"'num_samples' and 'batch_size' must be positive, got {num_samples} and {batch_size}")
@@ -81,21 +85,18 @@ class GenerationRequests(LightningDataModule):
         self.batch_size = batch_size
         self.skip_existing = skip_existing
 
-    def _loader(self) -> DataLoader:
+    def _loader(self, num_samples: int | None = None) -> DataLoader:
         world_size = self.trainer.world_size if self.trainer is not None else 1
         if self.batch_size < world_size:
             raise ValueError(
                 f"'batch_size' ({self.batch_size}) must be at least the number of processes ({world_size})"
             )
+        if num_samples is not None:
+            return DataLoader(RequestBatches(num_samples, self.batch_size, world_size), batch_size=None)
         done = existing_indices(self.skip_existing) if self.skip_existing else None
         return DataLoader(RequestBatches(self.num_samples, self.batch_size, world_size, done), batch_size=None)
 
     def _images(self) -> LightningDataModule:
-        if self.train_data is None:
-            raise ValueError(
-                "This method trains on images: give GenerationRequests a 'train_data' DataModule "
-                "(e.g. --data.init_args.train_data.class_path=CelebADataModule)"
-            )
         self.train_data.trainer = self.trainer
         return self.train_data
 
@@ -106,16 +107,18 @@ class GenerationRequests(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         """Sets up ``train_data`` for ``fit`` and ``validate``."""
-        if stage in ("fit", "validate"):
+        if stage in ("fit", "validate") and self.train_data is not None:
             self._images().setup(stage)
 
     def train_dataloader(self) -> DataLoader:
-        """The train split of ``train_data``."""
+        """The train split of ``train_data``, or the calibration requests without it."""
+        if self.train_data is None:
+            return self._loader(self.calibration_samples)
         return self._images().train_dataloader()
 
-    def val_dataloader(self) -> DataLoader:
-        """The val split of ``train_data``."""
-        return self._images().val_dataloader()
+    def val_dataloader(self) -> DataLoader | list:
+        """The val split of ``train_data`` (nothing to validate without it)."""
+        return [] if self.train_data is None else self._images().val_dataloader()
 
     def test_dataloader(self) -> DataLoader:
         """The requests of this process."""

@@ -1,6 +1,7 @@
 """Debiasing methods over a frozen diffusion backbone, and backbone pretraining."""
 
 from lightning_fair.methods.adp import AttributeDistributionPredictor
+from lightning_fair.methods.attribute_switching import AttributeSwitching
 from lightning_fair.methods.base import DebiasingMethod, method_registry
 from lightning_fair.methods.distribution_guidance import DistributionGuidance, HSpaceGuidance, HSpaceSampleGuidance
 from lightning_fair.methods.plain import ConditionalSampling, PlainSampling
@@ -8,6 +9,7 @@ from lightning_fair.methods.pretraining import DiffusionPretraining
 
 __all__ = [
     "AttributeDistributionPredictor",
+    "AttributeSwitching",
     "ConditionalSampling",
     "DebiasingMethod",
     "DiffusionPretraining",

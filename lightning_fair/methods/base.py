@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from lightning_fair.backbones import FrozenUNet
 from lightning_fair.diffusion import DiffusionSampler, SamplerConfig, SamplingState
+from lightning_fair.utils import distributed  # noqa: F401  (registers the DDP strategy that fits calibrations)
 
 
 class DebiasingMethod(LightningModule):

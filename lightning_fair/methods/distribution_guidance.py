@@ -29,8 +29,10 @@ class HSpaceGuidance(DebiasingMethod):
     ADPs train. Their labels are pseudo-labels of the ``classifier`` on the training images (no ground-truth
     attribute is read), and h is taken from those images noised to each sampler timestep by the forward process
     (``h_source="noised"``, default) or from a deterministic DDIM inversion of them (``"inversion"``, the paper's
-    choice; one UNet call per step and image). The ADPs are trained with cross-entropy on their logits; the
-    temperature softens them only at guidance time, as in the official code. The validation split reports
+    choice; one UNet call per step and image). The ADPs are trained with cross-entropy on their logits divided
+    by the temperature, the same tempered softmax the guidance averages, so that the batch mean of those
+    probabilities estimates the batch's attribute distribution (the official training script is not public;
+    its guidance divides by 8). The validation split reports
     each ADP's accuracy at every timestep (logged, and written to ``adp_accuracy.csv`` in the log folder).
 
     At sampling, from step ``first_guided_step`` on (the official code skips the first, t = T), h of the batch is
@@ -160,8 +162,10 @@ class HSpaceGuidance(DebiasingMethod):
             labels = self.pseudo_labels(batch["image"])
             h, t = self.training_features(batch["image"])
         repeats = len(h) // len(batch["image"])
+        temperature = self.hparams["temperature"]
         losses = {
-            name: F.cross_entropy(self.predictors[name](h, t), labels[name].repeat(repeats)) for name in self.attributes
+            name: F.cross_entropy(self.predictors[name](h, t) / temperature, labels[name].repeat(repeats))
+            for name in self.attributes
         }
         for name, loss in losses.items():
             self.log(f"train/loss_{name}", loss, prog_bar=len(losses) == 1)
@@ -238,6 +242,7 @@ class HSpaceGuidance(DebiasingMethod):
         # Lightning samples under inference mode: the gradient on h needs a normal tensor and autograd.
         with torch.inference_mode(False), torch.enable_grad():
             h = h.detach().clone().requires_grad_(True)
+            t = t.clone()
             loss = options["loss_weight"] * self.guidance_loss(h, t, state)
             (gradient,) = torch.autograd.grad(loss, h)
         beta = float(self.sampler.scheduler.betas[int(t)])
@@ -374,5 +379,6 @@ class HSpaceSampleGuidance(HSpaceGuidance):
         """Minus the probability of each sample's assigned class, summed over samples and attributes."""
         total = h.new_zeros(())
         for name, probabilities in self.probabilities(h, t).items():
-            total = total - probabilities.gather(1, state.conditions[name].view(-1, 1)).sum()
+            classes = state.conditions[name].clone().view(-1, 1)  # a normal tensor, even under inference mode
+            total = total - probabilities.gather(1, classes).sum()
         return total

@@ -1,0 +1,201 @@
+"""Attribute Switching (Choi et al., AAAI 2024): switch the sensitive condition at a calibrated timestep tau."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from lightning_fair.callbacks.run_folder import run_folder
+from lightning_fair.diffusion import SamplerConfig, SamplingState, sample_generators
+from lightning_fair.diffusion.seeding import CONDITION_STREAM, NOISE_STREAM, per_sample_choice, per_sample_randn
+from lightning_fair.methods.base import DebiasingMethod
+from lightning_fair.metrics import validate_distribution
+from lightning_fair.utils.distributed import sum_over_processes
+
+CURVE_FILE = "tau_curve"
+
+
+class AttributeSwitching(DebiasingMethod):
+    """Training-free fair sampling of a model conditioned on the sensitive attribute (Choi et al., AAAI 2024).
+
+    Each sample draws a starting class ``s_start`` and a final class ``s_final`` independently (from
+    ``start_distribution`` and ``final_distribution``, uniform by default); denoising steps with ``t > tau`` are
+    conditioned on ``s_start``, the others on ``s_final``. Features formed before ``tau`` thus carry no
+    information about the final sensitive attribute. One UNet call per step, as in conditional sampling.
+
+    ``fit`` calibrates ``tau`` (unless it is given): from the same ``x_T`` of each calibration sample, one
+    deterministic DDIM chain per class (``search_steps`` steps) records ``d_t = beta_t (eps_k - eps_l)`` for each
+    class pair; with ``A(tau) = sum_{t > tau} d_t`` and ``B(tau) = sum_{t <= tau} d_t`` (the split the sampler
+    uses), ``D(tau)`` is the mean over samples of ``||A - B||``, the norm taken per sample over C, H, W (the
+    official notebook takes it over the batch dimension), averaged over class pairs; ``tau`` is its argmin. The
+    sums run over the calibration requests of all processes. The curve is written as ``tau_curve.csv`` and
+    ``tau_curve.png`` in the log folder and ``tau`` is kept in the checkpoint.
+
+    Args:
+        backbone: a class-conditional diffusers folder or shipped model name.
+        sampler: settings of the sampling loop.
+        seed: seed of the run.
+        tau: the switching timestep (in training timesteps); ``None`` to calibrate it in ``fit``.
+        start_distribution: distribution of ``s_start`` (uniform by default).
+        final_distribution: distribution of ``s_final`` (uniform by default).
+        search_steps: DDIM steps of the calibration chains (official: 1000).
+    """
+
+    name = "attribute_switching"
+
+    def __init__(
+        self,
+        backbone: str,
+        sampler: SamplerConfig | None = None,
+        seed: int = 0,
+        tau: int | None = None,
+        start_distribution: list[float] | None = None,
+        final_distribution: list[float] | None = None,
+        search_steps: int = 1000,
+    ) -> None:
+        super().__init__(backbone=backbone, sampler=sampler, seed=seed)
+        self.backbone.require_conditioning(type(self).__name__)
+        num_classes = self.backbone.num_classes
+        self.start_distribution = validate_distribution(start_distribution, num_classes, "start_distribution")
+        self.final_distribution = validate_distribution(final_distribution, num_classes, "final_distribution")
+        train_steps = self.backbone.scheduler_config["num_train_timesteps"]
+        if tau is not None and not 0 <= tau < train_steps:
+            raise ValueError(f"Option 'tau' must lie in 0..{train_steps - 1}, got {tau}")
+        if search_steps < 2:
+            raise ValueError(f"Option 'search_steps' must be at least 2, got {search_steps}")
+        self.register_buffer("tau", torch.tensor(-1 if tau is None else tau))
+        self.automatic_optimization = False
+        self.search = DDIMScheduler.from_config(self.backbone.scheduler_config, clip_sample=True)
+        self.search.set_timesteps(search_steps)
+        pairs = len(list(itertools.combinations(range(num_classes), 2)))
+        self.register_buffer(
+            "curve_sum", torch.zeros(len(self.search.timesteps), dtype=torch.float64), persistent=False
+        )
+        self.register_buffer("curve_count", torch.zeros((), dtype=torch.float64), persistent=False)
+        self.num_pairs = pairs
+
+    @property
+    def needs_fit(self) -> bool:
+        """Whether ``tau`` still has to be calibrated."""
+        return int(self.tau) < 0
+
+    # ------------------------------------------------------------------------------------------------ sampling
+
+    def init_state(self, indices: Tensor) -> SamplingState:
+        """Draws ``s_start`` and then, independently, ``s_final`` from each sample's own generator."""
+        if self.needs_fit:
+            raise RuntimeError(
+                "AttributeSwitching has no tau: run `fit` to calibrate it, give a checkpoint, or set 'tau'"
+            )
+        generators = sample_generators(self.seed, indices, CONDITION_STREAM)
+        start = per_sample_choice(generators, self.start_distribution).to(self.device)
+        final = per_sample_choice(generators, self.final_distribution).to(self.device)
+        attribute = self.backbone.condition_attribute or "condition"
+        return SamplingState(
+            indices=indices,
+            class_labels=start,
+            conditions={attribute: final, f"{attribute}_start": start},
+            extras={"final_labels": final},
+        )
+
+    def guided_eps(self, x: Tensor, t: Tensor, state: SamplingState) -> Tensor:
+        """Conditional eps on ``s_start`` while ``t > tau``, on ``s_final`` from ``tau`` down."""
+        labels = state.class_labels if int(t) > int(self.tau) else state.extras["final_labels"]
+        return self.backbone(x, t, labels)
+
+    # ----------------------------------------------------------------------------------------- tau calibration
+
+    def on_train_epoch_start(self) -> None:
+        """Starts the calibration sums from zero."""
+        self.curve_sum.zero_()
+        self.curve_count.zero_()
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Adds the calibration requests' ``||A - B||`` at every candidate tau to the running sums."""
+        indices = batch["index"].cpu().long()
+        if len(indices) == 0:
+            return
+        with torch.no_grad():
+            self.curve_sum += self.switch_distances(indices).sum(dim=0).double()
+        self.curve_count += len(indices)
+
+    def switch_distances(self, indices: Tensor) -> Tensor:
+        """``||A - B||`` per sample (rows) at each search timestep as tau (columns), averaged over class pairs.
+
+        Column ``j`` is ``tau = search.timesteps[j]``: steps ``0..j-1`` (``t > tau``) form ``A``, the rest ``B``.
+        """
+        num_classes = self.backbone.num_classes
+        x_start = per_sample_randn(
+            sample_generators(self.seed, indices, NOISE_STREAM), self.backbone.image_shape, self.device
+        )
+        chains = [x_start.clone() for _ in range(num_classes)]
+        weighted = [[] for _ in range(num_classes)]  # beta_t * eps_k at each step
+        betas = self.search.betas.to(self.device)
+        for t in self.search.timesteps:
+            for k in range(num_classes):
+                labels = torch.full((len(indices),), k, dtype=torch.long, device=self.device)
+                eps = self.backbone(chains[k], t.to(self.device), labels)
+                weighted[k].append(betas[int(t)] * eps)
+                chains[k] = self.search.step(eps, t, chains[k], eta=0.0).prev_sample
+        distances = []
+        for first, second in itertools.combinations(range(num_classes), 2):
+            pairs = zip(weighted[first], weighted[second], strict=True)
+            d = torch.stack([a - b for a, b in pairs], dim=1).flatten(2)
+            total = d.sum(dim=1, keepdim=True)
+            before = torch.cumsum(d, dim=1) - d  # sum over steps 0..j-1, i.e. t > tau_j
+            distances.append((2 * before - total).norm(dim=2))  # A - B = A - (total - A)
+        return torch.stack(distances).mean(dim=0)
+
+    def on_train_epoch_end(self) -> None:
+        """Sums the curve over processes, picks tau, writes the curve (before the checkpoint is saved)."""
+        curve_sum = sum_over_processes(self.curve_sum)
+        count = float(sum_over_processes(self.curve_count))
+        if count == 0:
+            raise RuntimeError("AttributeSwitching calibration saw no samples: check the calibration requests")
+        curve = (curve_sum / count).float()
+        timesteps = self.search.timesteps
+        best = int(curve.argmin())
+        self.tau.fill_(int(timesteps[best]))
+        rank_zero_info(
+            f"AttributeSwitching: tau = {int(self.tau)} (D = {float(curve[best]):.4f}, {int(count)} samples)"
+        )
+        folder = run_folder(self.trainer)
+        if self.trainer.is_global_zero:
+            write_curve(folder, timesteps.tolist(), curve.tolist(), int(self.tau))
+
+    def configure_optimizers(self) -> None:
+        """Nothing to optimise: ``fit`` only calibrates ``tau``."""
+        return None
+
+
+def write_curve(folder: Path, timesteps: list[int], values: list[float], tau: int) -> None:
+    """Writes the D(tau) curve as ``tau_curve.csv`` and ``tau_curve.png`` into ``folder`` (atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{CURVE_FILE}.csv.tmp"
+    with temporary.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["tau", "distance"])
+        writer.writerows(zip(timesteps, (f"{value:.6f}" for value in values), strict=True))
+    temporary.replace(folder / f"{CURVE_FILE}.csv")
+    figure, axis = pyplot.subplots(figsize=(5, 3.2))
+    axis.plot(timesteps, values)
+    axis.axvline(tau, linestyle="--", color="gray")
+    axis.set_xlabel("switching timestep tau")
+    axis.set_ylabel("D(tau) = mean ||A - B||")
+    axis.set_title(f"tau search: argmin at {tau}")
+    figure.tight_layout()
+    temporary = folder / f".{CURVE_FILE}.png.tmp"
+    figure.savefig(temporary, format="png", dpi=120)
+    pyplot.close(figure)
+    temporary.replace(folder / f"{CURVE_FILE}.png")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from jsonargparse import set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
@@ -32,6 +33,9 @@ def build_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
     the package's own classes, by class name. With ``run=False`` there is no subcommand: the config is
     parsed and the trainer, model and datamodule are instantiated for the caller to drive.
     """
+    # Interpolations (``${model.init_args.target_distributions.Male}``) are resolved after the command-line
+    # overrides (``omegaconf+``), and written from the config's root whatever the subcommand.
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     return LightningFairCLI(
         LightningModule,
         LightningDataModule,
@@ -39,7 +43,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf", "version": lightning_fair.__version__},
+        parser_kwargs={"parser_mode": "omegaconf+", "version": lightning_fair.__version__},
         args=args,
         run=run,
     )

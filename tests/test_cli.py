@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lightning_fair.cli import main
 
@@ -21,13 +22,24 @@ CALLBACK_FRAGMENTS = sorted((REPO_ROOT / "callbacks").glob("*.yaml"))
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda path: str(path.relative_to(REPO_ROOT / "configs")))
 def test_config_parses(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Configs for real datasets leave `root` to the command line, as their users do; method configs name
-    # conventional paths inside the file (their evaluator copies them when the file is read).
+    # conventional paths inside the file (their evaluator copies them by interpolation).
     leaves_root = config.parent.name in REAL_DATASETS and "GenerationRequests" not in config.read_text()
     real_data_root = ["--data.init_args.root", "/data"] if leaves_root else []
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "-c", str(config), *real_data_root, "--print_config"])
     assert exit_info.value.code == 0
     assert "class_path: lightning_fair." in capsys.readouterr().out
+
+
+def test_interpolation_follows_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """The evaluator's target is interpolated from the model's after command-line overrides are applied."""
+    config = REPO_ROOT / "configs" / "synthetic_faces" / "distribution_guidance.yaml"
+    with pytest.raises(SystemExit):
+        main(["test", "-c", str(config), "--model.init_args.target_distributions.Male=[0.3, 0.7]", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    [evaluator] = [c for c in printed["trainer"]["callbacks"] if c["class_path"].endswith("FairnessEvaluator")]
+    assert evaluator["init_args"]["target_distribution"] == [0.3, 0.7]
+    assert printed["model"]["init_args"]["target_distributions"]["Male"] == [0.3, 0.7]
 
 
 @pytest.mark.parametrize("fragment", CALLBACK_FRAGMENTS, ids=lambda path: path.name)

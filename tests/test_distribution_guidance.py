@@ -87,8 +87,9 @@ def test_guidance_step_pulls_the_batch_distribution_to_the_target(
     tiny_backbone: Path, tiny_classifier: Path, loss: str
 ) -> None:
     torch.manual_seed(0)
-    method = guidance(tiny_backbone, tiny_classifier, target_distributions={"Male": [0.3, 0.7]}, loss=loss)
-    method.hparams["guidance_scale"] = 10
+    method = guidance(
+        tiny_backbone, tiny_classifier, target_distributions={"Male": [0.3, 0.7]}, loss=loss, guidance_scale=10.0
+    )
     h, t = torch.randn(16, 16, 16, 16), method.sampler.timesteps[1]
     state = SamplingState(indices=torch.arange(16), step_index=1)
     target = torch.tensor([0.3, 0.7])
@@ -101,10 +102,27 @@ def test_guidance_step_pulls_the_batch_distribution_to_the_target(
     assert distances[-1] < 0.5 * distances[0]
 
 
+def test_scales_per_attribute_weight_each_loss(tiny_backbone: Path, tiny_classifier: Path) -> None:
+    """{"Male": 3, "Blond_Hair": 0} moves h exactly as guiding Male alone with scale 3."""
+    torch.manual_seed(0)
+    targets = {"Male": [0.3, 0.7], "Blond_Hair": [0.6, 0.4]}
+    joint = guidance(
+        tiny_backbone, tiny_classifier, target_distributions=targets, guidance_scale={"Male": 3.0, "Blond_Hair": 0.0}
+    )
+    alone = guidance(tiny_backbone, tiny_classifier, target_distributions={"Male": [0.3, 0.7]}, guidance_scale=3.0)
+    alone.predictors["Male"].load_state_dict(joint.predictors["Male"].state_dict())
+    h, t = torch.randn(8, 16, 16, 16), joint.sampler.timesteps[1]
+    state = SamplingState(indices=torch.arange(8), step_index=1)
+    edited = joint.edit_h(h, t, state)
+    assert not torch.equal(edited, h)
+    torch.testing.assert_close(edited, alone.edit_h(h, t, state))
+    with pytest.raises(ValueError, match=r"one scale per attribute of 'target_distributions' \['Male', 'Blond_Hair'\]"):
+        guidance(tiny_backbone, tiny_classifier, target_distributions=targets, guidance_scale={"Male": 3.0})
+
+
 def test_sample_guidance_pushes_each_sample_to_its_class(tiny_backbone: Path, tiny_classifier: Path) -> None:
     torch.manual_seed(0)
-    method = guidance(tiny_backbone, tiny_classifier, method=HSpaceSampleGuidance)
-    method.hparams["guidance_scale"] = 10
+    method = guidance(tiny_backbone, tiny_classifier, method=HSpaceSampleGuidance, guidance_scale=10.0)
     state = method.init_state(torch.arange(32))
     classes = state.conditions["Male"]
     assert 0 < classes.sum() < 32  # drawn from [0.5, 0.5]

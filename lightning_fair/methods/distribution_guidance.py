@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from abc import abstractmethod
 from typing import Literal
 
 import torch
@@ -36,8 +37,8 @@ class HSpaceGuidance(DebiasingMethod):
     each ADP's accuracy at every timestep (logged, and written to ``adp_accuracy.csv`` in the log folder).
 
     At sampling, from step ``first_guided_step`` on (the official code skips the first, t = T), h of the batch is
-    moved by one gradient step on the subclass's :meth:`guidance_loss`: with the official schedule,
-    ``h <- h - step_size * beta_t**beta_exponent * guidance_scale * d(loss_weight * loss)/dh``; eps is then
+    moved by one gradient step on the subclass's per-attribute :meth:`guidance_losses`: with the official schedule,
+    ``h <- h - step_size * beta_t**beta_exponent * d(loss_weight * sum_a scale_a * loss_a)/dh``; eps is then
     decoded from the edited h. The gradient is taken on h through the ADP heads only, never through the UNet.
 
     Args:
@@ -50,7 +51,8 @@ class HSpaceGuidance(DebiasingMethod):
         hidden_features: hidden width of ``mlp`` heads.
         temperature: softmax temperature of the ADP at guidance time (official: 8).
         h_source: ``noised`` (forward process) or ``inversion`` (DDIM inversion) training features.
-        guidance_scale: the official ``--scale`` (15 in its script for a batch of 100).
+        guidance_scale: the official ``--scale`` (15 in its script for a batch of 100): one value for every
+            attribute, or one per attribute (``{"Male": 100, "Eyeglasses": 300}``), as the official code allows.
         loss_weight: factor of the loss before the gradient (official: 300).
         step_size: factor of the update (official: 1.5).
         beta_exponent: the update is scaled by ``beta_t ** beta_exponent`` (official: 0.05).
@@ -70,7 +72,7 @@ class HSpaceGuidance(DebiasingMethod):
         hidden_features: int = 256,
         temperature: float = 8.0,
         h_source: Literal["noised", "inversion"] = "noised",
-        guidance_scale: float = 15.0,
+        guidance_scale: float | dict[str, float] = 15.0,
         loss_weight: float = 300.0,
         step_size: float = 1.5,
         beta_exponent: float = 0.05,
@@ -100,6 +102,7 @@ class HSpaceGuidance(DebiasingMethod):
                 options["target_distributions"].items(), self.attribute_columns, strict=True
             )
         }
+        self.guidance_scales = self._per_attribute_scales(options["guidance_scale"])
         timesteps = self.sampler.timesteps
         h_shape = self._h_shape()
         self.predictors = nn.ModuleDict(
@@ -112,6 +115,17 @@ class HSpaceGuidance(DebiasingMethod):
         )
         self.val_accuracy = nn.ModuleDict({name: GroupedAccuracy(len(timesteps)) for name in self.attributes})
         self.accuracy_table: dict[str, list[float]] = {}
+
+    def _per_attribute_scales(self, scale: float | dict[str, float]) -> dict[str, float]:
+        """``guidance_scale`` as one value per guided attribute; a dict must name exactly those attributes."""
+        if not isinstance(scale, dict):
+            return dict.fromkeys(self.attributes, float(scale))
+        if set(scale) != set(self.attributes):
+            raise ValueError(
+                f"Option 'guidance_scale' must give one scale per attribute of 'target_distributions' "
+                f"{self.attributes}, got {sorted(scale)}"
+            )
+        return {name: float(scale[name]) for name in self.attributes}
 
     def _h_shape(self) -> tuple[int, ...]:
         probe = torch.zeros(1, *self.backbone.image_shape)
@@ -232,21 +246,22 @@ class HSpaceGuidance(DebiasingMethod):
         temperature = self.hparams["temperature"]
         return {name: (self.predictors[name](h, t) / temperature).softmax(dim=1) for name in self.attributes}
 
-    def guidance_loss(self, h: Tensor, t: Tensor, state: SamplingState) -> Tensor:
-        """The loss whose gradient on h guides the step (differentiable in ``h``)."""
-        raise NotImplementedError
+    @abstractmethod
+    def guidance_losses(self, h: Tensor, t: Tensor, state: SamplingState) -> dict[str, Tensor]:
+        """The loss of each guided attribute whose gradient on h guides the step (differentiable in ``h``)."""
 
     def edit_h(self, h: Tensor, t: Tensor, state: SamplingState) -> Tensor:
-        """The h-space tensor after one gradient step on :meth:`guidance_loss` (official schedule)."""
+        """The h-space tensor after one gradient step on the scaled :meth:`guidance_losses` (official schedule)."""
         options = self.hparams
         # Lightning samples under inference mode: the gradient on h needs a normal tensor and autograd.
         with torch.inference_mode(False), torch.enable_grad():
             h = h.detach().clone().requires_grad_(True)
             t = t.clone()
-            loss = options["loss_weight"] * self.guidance_loss(h, t, state)
+            losses = self.guidance_losses(h, t, state)
+            loss = options["loss_weight"] * sum(self.guidance_scales[name] * losses[name] for name in self.attributes)
             (gradient,) = torch.autograd.grad(loss, h)
         beta = float(self.sampler.scheduler.betas[int(t)])
-        strength = options["step_size"] * beta ** options["beta_exponent"] * options["guidance_scale"]
+        strength = options["step_size"] * beta ** options["beta_exponent"]
         return h.detach() - strength * gradient
 
     def guided_eps(self, x: Tensor, t: Tensor, state: SamplingState) -> Tensor:
@@ -292,7 +307,7 @@ class DistributionGuidance(HSpaceGuidance):
         hidden_features: int = 256,
         temperature: float = 8.0,
         h_source: Literal["noised", "inversion"] = "noised",
-        guidance_scale: float = 15.0,
+        guidance_scale: float | dict[str, float] = 15.0,
         loss_weight: float = 300.0,
         step_size: float = 1.5,
         beta_exponent: float = 0.05,
@@ -337,17 +352,16 @@ class DistributionGuidance(HSpaceGuidance):
         offsets = others[:-1].split(sizes)
         return {name: (part + offset) / count for name, part, offset in zip(probabilities, local, offsets, strict=True)}
 
-    def guidance_loss(self, h: Tensor, t: Tensor, state: SamplingState) -> Tensor:
-        """Chi-square (or KL) distance of the global batch's predicted distribution to the target."""
-        distributions = self.global_distributions(self.probabilities(h, t))
-        total = h.new_zeros(())
-        for name, p_hat in distributions.items():
+    def guidance_losses(self, h: Tensor, t: Tensor, state: SamplingState) -> dict[str, Tensor]:
+        """Chi-square (or KL) distance of the global batch's predicted distribution to the target, per attribute."""
+        losses = {}
+        for name, p_hat in self.global_distributions(self.probabilities(h, t)).items():
             target = self.targets[name].to(h.device)
             if self.hparams["loss"] == "chi2":
-                total = total + ((p_hat - target) ** 2 / target).sum()
+                losses[name] = ((p_hat - target) ** 2 / target).sum()
             else:
-                total = total + (p_hat * (p_hat.clamp(min=1e-12) / target).log()).sum()
-        return total
+                losses[name] = (p_hat * (p_hat.clamp(min=1e-12) / target).log()).sum()
+        return losses
 
     def join_empty_batch(self) -> None:
         """Takes part in each guided step's sum over processes with an empty share."""
@@ -375,10 +389,10 @@ class HSpaceSampleGuidance(HSpaceGuidance):
         labels = self.backbone.default_labels(len(indices), self.device)
         return SamplingState(indices=indices, class_labels=labels, conditions=conditions)
 
-    def guidance_loss(self, h: Tensor, t: Tensor, state: SamplingState) -> Tensor:
-        """Minus the probability of each sample's assigned class, summed over samples and attributes."""
-        total = h.new_zeros(())
+    def guidance_losses(self, h: Tensor, t: Tensor, state: SamplingState) -> dict[str, Tensor]:
+        """Minus the probability of each sample's assigned class, summed over samples, per attribute."""
+        losses = {}
         for name, probabilities in self.probabilities(h, t).items():
             classes = state.conditions[name].clone().view(-1, 1)  # a normal tensor, even under inference mode
-            total = total - probabilities.gather(1, classes).sum()
-        return total
+            losses[name] = -probabilities.gather(1, classes).sum()
+        return losses

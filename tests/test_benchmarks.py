@@ -35,6 +35,7 @@ def test_fairness_benchmark_rows(generation_config: Callable[..., Path], tmp_pat
             "--num-samples=8",
             "--steps=2",
             "--batch-size=4",
+            "--repeats=2",
             "--accelerator=cpu",
             f"--log-dir={tmp_path / 'logs'}",
             f"--out={out}",
@@ -50,7 +51,8 @@ def test_fairness_benchmark_rows(generation_config: Callable[..., Path], tmp_pat
         assert row["fid_cls"] == written["fid_cls"]
         assert row["proportions"] == [written["proportion/Male=0"], written["proportion/Male=1"]]
         assert sum(row["proportions"]) == pytest.approx(1.0)
-        assert row["seconds"] > 0
+        assert len(row["run_seconds"]) == 2
+        assert row["seconds"] == min(row["run_seconds"]) > 0
         assert row["time_ratio"] == pytest.approx(row["seconds"] / rows[0]["seconds"])
         assert row["fit_seconds"] == 0.0  # neither method trains anything
     assert rows[0]["time_ratio"] == 1.0
@@ -63,6 +65,7 @@ def test_fairness_benchmark_rows(generation_config: Callable[..., Path], tmp_pat
         (["--ckpt=conditional"], "--ckpt expects METHOD=PATH"),
         (["--ckpt=other=x.ckpt"], "not in --methods: \\['other'\\]"),
         (["--override=other=--seed_everything=1"], "--override expects METHOD=ARG with METHOD in --methods"),
+        (["--repeats=0"], "--repeats must be at least 1, got 0"),
     ],
 )
 def test_fairness_benchmark_bad_options(arguments: list[str], message: str) -> None:

@@ -80,6 +80,8 @@ def test_predictors_cover_the_sampler_timesteps(tiny_backbone: Path, tiny_classi
         assert len(predictor.heads) == 4
         assert predictor.heads[0].in_features == 16 * 16 * 16  # h of the tiny UNet: 16 channels at 16x16
     assert method.needs_fit
+    default = DistributionGuidance(str(tiny_backbone), str(tiny_classifier), {"Male": [0.5, 0.5]})
+    assert default.sampler.config.eta == 1.0  # the official sampler: stochastic DDIM
 
 
 @pytest.mark.parametrize("loss", ["chi2", "kl"])

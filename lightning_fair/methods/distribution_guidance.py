@@ -45,7 +45,7 @@ class HSpaceGuidance(DebiasingMethod):
         backbone: a diffusers folder or shipped model name.
         classifier: an ``AttributeClassifier`` (checkpoint, folder or shipped name) giving the pseudo-labels.
         target_distributions: the target distribution of each guided attribute, e.g. ``{"Male": [0.5, 0.5]}``.
-        sampler: settings of the sampling loop.
+        sampler: settings of the sampling loop (default: DDIM with ``eta`` 1, the official sampler).
         seed: seed of the run.
         head: ADP heads, ``linear`` (official) or ``mlp``.
         hidden_features: hidden width of ``mlp`` heads.
@@ -80,7 +80,7 @@ class HSpaceGuidance(DebiasingMethod):
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
     ) -> None:
-        super().__init__(backbone=backbone, sampler=sampler, seed=seed)
+        super().__init__(backbone=backbone, sampler=sampler or SamplerConfig(eta=1.0), seed=seed)
 
     def configure_modules(self) -> None:
         """Loads the pseudo-labelling classifier (frozen) and builds one ADP per attribute."""

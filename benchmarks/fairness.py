@@ -14,7 +14,9 @@ Run from the repository root (the configs' data folders are relative to it)::
 Prints a Markdown table and writes a JSON list of rows with ``method``, ``fd``, ``fd_l1``, ``fd_kl``,
 ``proportions`` (of the sensitive attribute), ``fd_by_attribute`` (with the evaluator's ``extra_targets``),
 ``dp_gap``, ``fid_cls``, ``kid_cls``, ``confident``, ``seconds`` (time spent generating, evaluation excluded; the
-fastest of ``--repeats`` runs), ``run_seconds`` (every run), ``time_ratio``, ``fit_seconds``.
+fastest of ``--repeats`` runs), ``run_seconds`` (every run), ``time_ratio``, ``fit_seconds``, ``checkpoint`` (the
+given one, or the one the benchmark fitted into ``<log-dir>/<dataset>/<method>/checkpoints``: a benchmark never
+writes into the config's own checkpoint folder).
 """
 
 from __future__ import annotations
@@ -107,11 +109,17 @@ def run_method(
     evaluators = [callback for callback in trainer.callbacks if isinstance(callback, FairnessEvaluator)]
     if not evaluators:
         raise SystemExit(f"{config} has no FairnessEvaluator callback: nothing to report for {method!r}")
+    # A fit goes to the benchmark's own folder, never over the checkpoints of the config's users.
+    for callback in trainer.checkpoint_callbacks:
+        callback.dirpath = str(Path(options.log_dir, options.dataset, method, "checkpoints").resolve())
     fit_seconds = 0.0
+    fitted = None
     if checkpoint is None and getattr(model, "needs_fit", False):
         start = time.perf_counter()
         trainer.fit(model, cli.datamodule)
         fit_seconds = time.perf_counter() - start
+        saver = trainer.checkpoint_callback
+        fitted = (saver.last_model_path or saver.best_model_path) if saver else None
     clock = SamplingClock(model)
     run_seconds = []
     for _ in range(options.repeats):  # every repeat generates the same images (per-sample seeds)
@@ -123,7 +131,7 @@ def run_method(
     return {
         "method": method,
         "config": str(config),
-        "checkpoint": checkpoint,
+        "checkpoint": checkpoint or fitted or None,
         "num_samples": int(results["num_samples"]),
         "steps": options.steps,
         "seed": options.seed,

@@ -22,8 +22,22 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
-def test_fairness_benchmark_rows(generation_config: Callable[..., Path], tmp_path: Path) -> None:
+class FakeClock:
+    """``perf_counter`` that advances 1 s at every reading: each timed step lasts exactly 1 s."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_fairness_benchmark_rows(
+    generation_config: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fairness = load_script("fairness")
+    monkeypatch.setattr(fairness, "time", FakeClock())
     plain = generation_config(tmp_path, num_samples=6, method="PlainSampling", name="plain")
     conditional = generation_config(tmp_path, num_samples=6, method="ConditionalSampling", name="conditional")
     out = tmp_path / "results" / "rows.json"
@@ -51,8 +65,8 @@ def test_fairness_benchmark_rows(generation_config: Callable[..., Path], tmp_pat
         assert row["fid_cls"] == written["fid_cls"]
         assert row["proportions"] == [written["proportion/Male=0"], written["proportion/Male=1"]]
         assert sum(row["proportions"]) == pytest.approx(1.0)
-        assert len(row["run_seconds"]) == 2
-        assert row["seconds"] == min(row["run_seconds"]) > 0
+        assert row["run_seconds"] == [2.0, 2.0]  # two batches a run, each 1 s on the fake clock
+        assert row["seconds"] == 2.0
         assert row["time_ratio"] == pytest.approx(row["seconds"] / rows[0]["seconds"])
         assert row["fit_seconds"] == 0.0  # neither method trains anything
     assert rows[0]["time_ratio"] == 1.0
@@ -103,5 +117,8 @@ def test_fairness_benchmark_fits_a_method_that_needs_it(
     )
     assert rows[0]["fit_seconds"] == 0.0
     assert rows[1]["fit_seconds"] > 0
+    fitted = Path(rows[1]["checkpoint"])  # in the benchmark's folder, not the config's
+    assert fitted.is_file()
+    assert fitted.is_relative_to((tmp_path / "logs" / "synthetic_faces" / "guided" / "checkpoints").resolve())
     assert rows[1]["num_samples"] == 4
     assert "guidance_scale: 7.5" in (Path(rows[1]["log_dir"]) / "config.yaml").read_text()

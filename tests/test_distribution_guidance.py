@@ -80,8 +80,13 @@ def test_predictors_cover_the_sampler_timesteps(tiny_backbone: Path, tiny_classi
         assert len(predictor.heads) == 4
         assert predictor.heads[0].in_features == 16 * 16 * 16  # h of the tiny UNet: 16 channels at 16x16
     assert method.needs_fit
+    # The official sampler (stochastic DDIM) unless eta is given: by default and under a partial sampler dict.
     default = DistributionGuidance(str(tiny_backbone), str(tiny_classifier), {"Male": [0.5, 0.5]})
-    assert default.sampler.config.eta == 1.0  # the official sampler: stochastic DDIM
+    assert default.sampler.config.eta == 1.0
+    partial = guidance(tiny_backbone, tiny_classifier, sampler={"num_inference_steps": 3})
+    assert (partial.sampler.config.eta, len(partial.sampler.timesteps)) == (1.0, 3)
+    deterministic = guidance(tiny_backbone, tiny_classifier, sampler={"num_inference_steps": 3, "eta": 0.0})
+    assert deterministic.sampler.config.eta == 0.0
 
 
 @pytest.mark.parametrize("loss", ["chi2", "kl"])

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from abc import abstractmethod
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,16 @@ from lightning_fair.metrics import GroupedAccuracy, validate_distribution
 from lightning_fair.utils.distributed import sum_over_processes
 
 ACCURACY_FILE = "adp_accuracy.csv"
+OFFICIAL_SAMPLER = SamplerConfig(eta=1.0)  # the official code samples with stochastic DDIM
+
+
+def official_sampler(sampler: SamplerConfig | dict[str, Any] | None) -> SamplerConfig:
+    """``sampler`` with the official settings (``eta`` 1) wherever a dict or ``None`` leaves them out."""
+    if sampler is None:
+        return OFFICIAL_SAMPLER
+    if isinstance(sampler, dict):
+        return dataclasses.replace(OFFICIAL_SAMPLER, **sampler)
+    return sampler
 
 
 class HSpaceGuidance(DebiasingMethod):
@@ -66,7 +77,7 @@ class HSpaceGuidance(DebiasingMethod):
         backbone: str,
         classifier: str,
         target_distributions: dict[str, list[float]],
-        sampler: SamplerConfig | None = None,
+        sampler: SamplerConfig = OFFICIAL_SAMPLER,
         seed: int = 0,
         head: Literal["linear", "mlp"] = "linear",
         hidden_features: int = 256,
@@ -80,7 +91,7 @@ class HSpaceGuidance(DebiasingMethod):
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
     ) -> None:
-        super().__init__(backbone=backbone, sampler=sampler or SamplerConfig(eta=1.0), seed=seed)
+        super().__init__(backbone=backbone, sampler=official_sampler(sampler), seed=seed)
 
     def configure_modules(self) -> None:
         """Loads the pseudo-labelling classifier (frozen) and builds one ADP per attribute."""
@@ -249,6 +260,7 @@ class HSpaceGuidance(DebiasingMethod):
     @abstractmethod
     def guidance_losses(self, h: Tensor, t: Tensor, state: SamplingState) -> dict[str, Tensor]:
         """The loss of each guided attribute whose gradient on h guides the step (differentiable in ``h``)."""
+        raise NotImplementedError
 
     def edit_h(self, h: Tensor, t: Tensor, state: SamplingState) -> Tensor:
         """The h-space tensor after one gradient step on the scaled :meth:`guidance_losses` (official schedule)."""
@@ -281,7 +293,8 @@ class DistributionGuidance(HSpaceGuidance):
 
     At each guided step the batch's distribution ``p_hat = mean_i softmax(ADP_t(h_i) / T)`` is compared with the
     target by ``loss`` (``chi2``: ``sum_k (p_hat_k - p_k)^2 / p_k``, the official default; or ``kl``:
-    ``KL(p_hat || p)``), summed over attributes, and h moves down its gradient (see :class:`HSpaceGuidance`).
+    ``KL(p_hat || p)``); h moves down the gradient of the losses weighted by each attribute's scale (see
+    :class:`HSpaceGuidance`).
 
     ``p_hat`` is taken over the **global** batch of all processes: the other processes' sums enter as constants,
     so each process gets the exact gradient for its own samples, and 2 processes with B/2 samples each get the
@@ -300,7 +313,7 @@ class DistributionGuidance(HSpaceGuidance):
         backbone: str,
         classifier: str,
         target_distributions: dict[str, list[float]],
-        sampler: SamplerConfig | None = None,
+        sampler: SamplerConfig = OFFICIAL_SAMPLER,
         seed: int = 0,
         loss: Literal["chi2", "kl"] = "chi2",
         head: Literal["linear", "mlp"] = "linear",
@@ -374,7 +387,8 @@ class HSpaceSampleGuidance(HSpaceGuidance):
     """Per-sample h-space guidance, the baseline of Parihar et al. (2024): each sample toward its own class.
 
     Each sample draws a class of every guided attribute from the target distribution (per-sample seeded), and
-    h moves up the ADP's tempered probability of that class: loss ``-sum_i sum_a softmax(ADP_t(h_i) / T)[c_i]``.
+    h moves up the ADP's tempered probability of that class: attribute ``a`` has the loss
+    ``-sum_i softmax(ADP_t(h_i) / T)[c_i]``, weighted by its scale.
     Samples do not interact, so the result does not depend on the batch.
     """
 

@@ -13,7 +13,8 @@ Run from the repository root (the configs' data folders are relative to it)::
 
 Prints a Markdown table and writes a JSON list of rows with ``method``, ``fd``, ``fd_l1``, ``fd_kl``,
 ``proportions`` (of the sensitive attribute), ``fd_by_attribute`` (with the evaluator's ``extra_targets``),
-``dp_gap``, ``fid_cls``, ``kid_cls``, ``confident``, ``seconds`` (time spent generating, evaluation excluded; the
+``dp_gap``, ``fid_cls``, ``kid_cls``, ``confident``, ``agreement`` (of the sensitive attribute with the class the
+method requested, where it requests one), ``seconds`` (time spent generating, evaluation excluded; the
 fastest of ``--repeats`` runs), ``run_seconds`` (every run), ``time_ratio``, ``fit_seconds``, ``checkpoint`` (the
 given one, or the one the benchmark fitted into ``<log-dir>/<dataset>/<method>/checkpoints``: a benchmark never
 writes into the config's own checkpoint folder).
@@ -149,6 +150,7 @@ def run_method(
         "fid_cls": finite_or_none(results.get("fid_cls")),
         "kid_cls": finite_or_none(results.get("kid_cls")),
         "confident": results[f"confident/{evaluator.sensitive}"],
+        "agreement": results.get(f"agreement/{evaluator.sensitive}"),
         "seconds": min(run_seconds),
         "run_seconds": run_seconds,
         "fit_seconds": fit_seconds,

@@ -69,6 +69,9 @@ def test_fairness_benchmark_rows(
         assert row["seconds"] == 2.0
         assert row["time_ratio"] == pytest.approx(row["seconds"] / rows[0]["seconds"])
         assert row["fit_seconds"] == 0.0  # neither method trains anything
+        assert row["agreement"] == written.get("agreement/Male")
+    assert rows[0]["agreement"] is None  # plain requests no class
+    assert 0.0 <= rows[1]["agreement"] <= 1.0
     assert rows[0]["time_ratio"] == 1.0
 
 

@@ -73,6 +73,8 @@ def test_test_run_writes_metrics_grid_and_images(generation_config: Callable[...
     assert metrics["proportion/Male=0"] + metrics["proportion/Male=1"] == pytest.approx(1.0)
     for name in ["fd", "fd_l1", "fd_kl", "dp_gap", "bias_score", "fid_cls", "kid_cls", "fd_given_Blond_Hair=0"]:
         assert name in metrics
+    for name in ["agreement/Male", "agreement/Male=0", "agreement/Male=1"]:  # conditioned on Male
+        assert name in metrics
     assert (log_dir / "metrics.md").read_text().startswith("# ConditionalSampling: fairness of 10 generated images")
     assert Image.open(log_dir / "samples_ConditionalSampling.png").size == (2 * 32 + 3, 2 * 32 + 3)
     images = sorted((tmp_path / "generated" / "images").glob("*.png"))
@@ -119,6 +121,23 @@ def test_two_processes_match_one(generation_config: Callable[..., Path], tmp_pat
             assert metrics_2[name] == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), name
 
 
+def test_evaluator_compares_requested_conditions_with_predictions(tiny_classifier: Path) -> None:
+    evaluator = FairnessEvaluator(str(tiny_classifier), sensitive="Male")
+    torch.manual_seed(0)
+    images = torch.rand(12, 3, 32, 32) * 2 - 1
+    predicted = evaluator.classifier.predict(images)[:, 0]
+    requested = torch.tensor([0, 1] * 6)
+    evaluator.update(images[:7], {"Male": requested[:7], "Male_start": torch.ones(7, dtype=torch.long)})
+    evaluator.update(images[7:], {"Male": requested[7:]})
+    results = evaluator.compute()
+    match = predicted == requested
+    assert results["agreement/Male"] == pytest.approx(match.float().mean().item())
+    for value in (0, 1):
+        assert results[f"agreement/Male={value}"] == pytest.approx(match[requested == value].float().mean().item())
+    assert "agreement/Blond_Hair" not in results  # not requested
+    assert not any("Male_start" in name for name in results)  # not an attribute of the classifier
+
+
 def test_evaluator_reports_fd_of_extra_targets(tiny_classifier: Path) -> None:
     evaluator = FairnessEvaluator(str(tiny_classifier), sensitive="Male", extra_targets={"Blond_Hair": [0.2, 0.8]})
     torch.manual_seed(0)
@@ -128,5 +147,6 @@ def test_evaluator_reports_fd_of_extra_targets(tiny_classifier: Path) -> None:
     blond = evaluator.classifier.predict(images)[:, 1].float().mean().item()
     assert results["fd/Blond_Hair"] == pytest.approx(((1 - blond - 0.2) ** 2 + (blond - 0.8) ** 2) ** 0.5)
     assert results["proportion/Blond_Hair=1"] == pytest.approx(blond)
+    assert not any(name.startswith("agreement/") for name in results)  # no conditions were reported
     with pytest.raises(ValueError, match="'extra_targets.Blond_Hair' has 1 entries"):
         FairnessEvaluator(str(tiny_classifier), sensitive="Male", extra_targets={"Blond_Hair": [1.0]})

@@ -21,6 +21,7 @@ from lightning_fair.metrics import (
     AttributeProportions,
     DemographicParityGap,
     FairnessDiscrepancy,
+    GroupedAccuracy,
     PairwiseBiasScore,
     validate_distribution,
 )
@@ -43,6 +44,9 @@ class FairnessEvaluator(Callback):
     - ``bias_score``: InvDiff's pairwise bias score of ``sensitive``;
     - ``proportion/<attribute>=<k>`` for every attribute the classifier predicts;
     - ``confident/<sensitive>``: fraction of samples whose ``sensitive`` prediction has probability >= 0.9;
+    - ``agreement/<attribute>`` and ``agreement/<attribute>=<k>``: for every attribute a method reports as a
+      per-sample condition (e.g. the class drawn for conditional sampling, Attribute Switching's final class), the
+      fraction of samples predicted as the requested class, overall and per requested class;
     - ``fid_cls`` and ``kid_cls`` (with ``kid_cls_std``): FID/KID in the classifier's feature space against
       the ``reference`` split (features cached in ``cache_dir``). Named after their features: they are not
       Inception FID.
@@ -106,6 +110,8 @@ class FairnessEvaluator(Callback):
         }
         for column in range(len(self.classifier.attributes)):
             metrics[f"proportion_{column}"] = AttributeProportions(classes[column])
+            metrics[f"agreement_{column}"] = GroupedAccuracy(1)
+            metrics[f"agreement_by_class_{column}"] = GroupedAccuracy(classes[column])
         for name, target in self.extra_targets.items():
             column = self.classifier.attribute_index(name)
             metrics[f"fd_extra_{column}"] = FairnessDiscrepancy(classes[column], target, "l2")
@@ -151,8 +157,14 @@ class FairnessEvaluator(Callback):
         """Loads the classifier on the device and the reference features."""
         self._start(trainer, pl_module)
 
-    def update(self, images: Tensor) -> None:
-        """Labels a batch of generated images in [-1, 1] and updates every metric."""
+    def update(self, images: Tensor, conditions: dict[str, Tensor] | None = None) -> None:
+        """Labels a batch of generated images in [-1, 1] and updates every metric.
+
+        Args:
+            images: the generated batch.
+            conditions: per-sample requested classes by name (as the method reports them); those named after an
+                attribute of the classifier are compared with its predictions.
+        """
         if len(images) == 0:
             return
         with torch.no_grad():
@@ -166,6 +178,7 @@ class FairnessEvaluator(Callback):
         self.metrics["num_samples"].update(len(images))
         for column, prediction in enumerate(predictions):
             self.metrics[f"proportion_{column}"].update(prediction)
+            self._update_agreement(column, prediction, (conditions or {}).get(self.classifier.attributes[column]))
             if f"fd_extra_{column}" in self.metrics:
                 self.metrics[f"fd_extra_{column}"].update(prediction)
         if self.target_column is not None:
@@ -176,6 +189,14 @@ class FairnessEvaluator(Callback):
             self.metrics["fid_cls"].update(images, real=False)
             self.metrics["kid_cls"].update(images, real=False)
 
+    def _update_agreement(self, column: int, prediction: Tensor, requested: Tensor | None) -> None:
+        """Counts predictions equal to the requested classes (an empty update where nothing was requested)."""
+        if requested is None:
+            prediction = requested = prediction[:0]
+        requested = requested.to(prediction.device).long()
+        self.metrics[f"agreement_{column}"].update(prediction, requested, torch.zeros_like(requested))
+        self.metrics[f"agreement_by_class_{column}"].update(prediction, requested, requested)
+
     def on_test_batch_end(
         self,
         trainer: Trainer,
@@ -185,8 +206,8 @@ class FairnessEvaluator(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Updates the metrics with the batch's images."""
-        self.update(outputs["images"])
+        """Updates the metrics with the batch's images and the conditions they were generated with."""
+        self.update(outputs["images"], outputs.get("conditions"))
 
     def on_predict_batch_end(
         self,
@@ -197,8 +218,8 @@ class FairnessEvaluator(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Updates the metrics with the batch's images."""
-        self.update(outputs["images"])
+        """Updates the metrics with the batch's images and the conditions they were generated with."""
+        self.update(outputs["images"], outputs.get("conditions"))
 
     def compute(self) -> dict[str, float]:
         """Synchronises and computes every metric (call it on every process)."""
@@ -213,6 +234,12 @@ class FairnessEvaluator(Callback):
             proportions = self.metrics[f"proportion_{column}"].compute()
             for value, proportion in enumerate(proportions.tolist()):
                 results[f"proportion/{attribute}={value}"] = proportion
+            agreement = self.metrics[f"agreement_{column}"].compute().item()
+            if not math.isnan(agreement):  # the same on every process: the counts are synchronised
+                results[f"agreement/{attribute}"] = agreement
+                by_class = self.metrics[f"agreement_by_class_{column}"].compute().tolist()
+                for value, fraction in enumerate(by_class):
+                    results[f"agreement/{attribute}={value}"] = fraction
         if self.target_column is not None:
             for value, fd in enumerate(self.metrics["fd_given_target"].compute().tolist()):
                 results[f"fd_given_{self.target}={value}"] = fd

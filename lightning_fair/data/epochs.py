@@ -3,7 +3,7 @@
 Everything random in a training epoch is a function of ``(seed, epoch, sample)`` alone: the order of the samples
 (:class:`EpochSampler`), their random transforms (:class:`EpochItems`) and the draws a method makes for them
 (:func:`training_generators`). Nothing depends on the global random state, on data-loading workers or on what ran
-before, so a fit restored from a checkpoint (end of epoch, every N steps, or SLURM's at any batch) continues with
+before, so a fit restored from a checkpoint (end of epoch, every N steps, or SLURM's hpc checkpoint) continues with
 the numbers the uninterrupted fit would have drawn. :func:`resume_position` tells the sampler where to start.
 """
 

@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import DDPMPipeline, UNet2DModel
+from diffusers.training_utils import EMAModel
 from lightning.pytorch import Trainer
 
 from lightning_fair.data import CelebADataModule
+from lightning_fair.data.epochs import training_generators
 from lightning_fair.methods import DiffusionPretraining
+from lightning_fair.methods.pretraining import ema_decay
 
 
 def tiny(output_dir: Path, **options: object) -> DiffusionPretraining:
@@ -68,11 +71,48 @@ def test_fit_exports_conditional_ema_model(faces_root: Path, tmp_path: Path) -> 
 def test_null_label_dropout(tmp_path: Path) -> None:
     module = tiny(tmp_path / "model")
     batch = {"attributes": torch.tensor([[1, 0]] * 1000)}
-    torch.manual_seed(0)
-    labels = module._class_labels(batch, dropout=0.1)
+    labels = module._class_labels(batch, 0.1, training_generators(0, 0, torch.arange(1000)))
     assert set(labels.tolist()) == {1, 2}
     assert abs((labels == 2).float().mean().item() - 0.1) < 0.03
-    assert torch.equal(module._class_labels(batch, dropout=0.0), torch.ones(1000, dtype=torch.long))
+    no_dropout = module._class_labels(batch, 0.0, training_generators(0, 0, torch.arange(1000)))
+    assert torch.equal(no_dropout, torch.ones(1000, dtype=torch.long))
+
+
+def test_ema_decay_warms_up_as_diffusers_ema_model(tmp_path: Path) -> None:
+    """Update n + 1 of the average (n updates done) uses diffusers' decay of optimization step n + 1."""
+    reference = EMAModel([torch.nn.Parameter(torch.zeros(1))], decay=0.999, use_ema_warmup=True, power=0.75)
+    for updates_done in [1, 2, 10, 100, 1_000, 9_999, 50_000]:
+        expected = reference.get_decay(updates_done + 1)
+        assert ema_decay(updates_done, max_decay=0.999, inv_gamma=1.0, power=0.75) == pytest.approx(expected, abs=1e-12)
+    assert ema_decay(50_000, max_decay=0.999, inv_gamma=1.0, power=0.75) == 0.999
+
+
+def test_ema_forgets_the_first_weights_within_a_short_run(tmp_path: Path) -> None:
+    """After 800 steps the EMA holds almost none of the weights of step 1 (decay 0.999 without warm-up: 45%)."""
+    module = tiny(tmp_path / "model", ema_decay=0.999)
+    first = {name: value.clone() for name, value in module.unet.state_dict().items()}
+    module.ema.update_parameters(module.unet)  # the first update copies the weights
+    with torch.no_grad():
+        for parameter in module.unet.parameters():
+            parameter.add_(1.0)
+    for _ in range(799):
+        module.ema.update_parameters(module.unet)
+    share = 1.0
+    for updates_done in range(1, 800):
+        share *= ema_decay(updates_done, max_decay=0.999, inv_gamma=1.0, power=0.75)
+    assert share < 1e-6  # 0.999 ** 799 = 0.45 without warm-up
+    for name, value in module.ema.module.named_parameters():
+        torch.testing.assert_close(value, first[name] + 1, rtol=0, atol=1e-5)  # the raw weights
+
+
+def test_validation_logs_the_loss_of_ema_and_raw_weights(faces_root: Path, tmp_path: Path) -> None:
+    """Both losses use the same draws: equal while the EMA equals the raw weights, apart after training."""
+    module = tiny(tmp_path / "model")
+    [before] = trainer(tmp_path, steps=1).validate(module, datamodule(faces_root), verbose=False)
+    assert before["val/loss"] == before["val/loss_raw"]
+    trainer(tmp_path, steps=3).fit(module, datamodule(faces_root))
+    [after] = trainer(tmp_path, steps=1).validate(module, datamodule(faces_root), verbose=False)
+    assert after["val/loss"] != after["val/loss_raw"]
 
 
 def test_unconditional(faces_root: Path, tmp_path: Path) -> None:

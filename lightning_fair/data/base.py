@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from lightning_fair.data.dataset import AttributeImageDataset
+from lightning_fair.data.epochs import EpochItems, EpochLoader, EpochSampler, resume_position
 from lightning_fair.data.resampling import group_ids, resample_to_ratio
 from lightning_fair.data.synthetic.base import SyntheticDataset
 from lightning_fair.data.table import SPLIT_CODES, AttributeTable
@@ -41,7 +42,8 @@ class AttributeDataModule(LightningDataModule, ABC):
         max_samples_per_split: keep at most this many images of each split (a seeded random subset).
         horizontal_flip: random horizontal flips on the train split.
         synthetic: a synthetic dataset to write into ``root`` on first use (``prepare_data``).
-        seed: seed of the subsampling.
+        seed: seed of the subsampling and of the train split's order and flips, which depend only on
+            ``(seed, epoch)``: a fit resumed from a checkpoint sees the samples an uninterrupted one would.
     """
 
     format: ClassVar[str] = ""
@@ -215,27 +217,33 @@ class AttributeDataModule(LightningDataModule, ABC):
         else:
             self.dataset("test")
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+    def _loader(self, split: str) -> DataLoader:
+        workers = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+        if split == "train":
+            items, sampler = self._train_order(self.dataset(split))
+            return EpochLoader(items, batch_size=self.batch_size, sampler=sampler, **workers)
+        return DataLoader(self.dataset(split), batch_size=self.eval_batch_size, **workers)
+
+    def _train_order(self, dataset: AttributeImageDataset) -> tuple[EpochItems, EpochSampler]:
+        """The train split in an order and with flips drawn from ``(seed, epoch)``, from where a restored fit is."""
+        trainer = self.trainer
+        epoch, batches_done = resume_position(trainer)
+        items = EpochItems(dataset, self.seed)
+        num_replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return items, EpochSampler(items, num_replicas, rank, self.seed, epoch, skip=batches_done * self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled train split."""
-        return self._loader("train", shuffle=True)
+        """Train split, shuffled anew every epoch (see :class:`~lightning_fair.data.epochs.EpochSampler`)."""
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
         """Validation split, in order."""
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
         """Test split, in order."""
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
         """Test split, in order."""
-        return self._loader("test", shuffle=False)
+        return self._loader("test")

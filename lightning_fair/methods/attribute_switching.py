@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import DDIMScheduler
@@ -168,6 +169,17 @@ class AttributeSwitching(DebiasingMethod):
         folder = run_folder(self.trainer)
         if self.trainer.is_global_zero:
             write_curve(folder, timesteps.tolist(), curve.tolist(), int(self.tau))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restores the checkpoint; one written during the tau search resumes by running the search again.
+
+        Such a checkpoint (SLURM's ``hpc_ckpt_N.ckpt``, taken at any batch) has no ``tau`` and not the search's
+        running sums; its loop progress is dropped, so ``fit`` starts the calibration epoch from its first request.
+        The search is deterministic: it finds the ``tau`` of an uninterrupted run, every request counted once.
+        """
+        super().on_load_checkpoint(checkpoint)
+        if int(checkpoint["state_dict"]["tau"]) < 0:
+            checkpoint.pop("loops", None)
 
     def configure_optimizers(self) -> None:
         """Nothing to optimise: ``fit`` only calibrates ``tau``."""

@@ -14,8 +14,9 @@ from torch import Tensor, nn
 
 from lightning_fair.callbacks.run_folder import run_folder
 from lightning_fair.classifiers import load_classifier
+from lightning_fair.data.epochs import training_generators
 from lightning_fair.diffusion import SamplerConfig, SamplingState, sample_generators
-from lightning_fair.diffusion.seeding import CONDITION_STREAM, per_sample_choice
+from lightning_fair.diffusion.seeding import CONDITION_STREAM, per_sample_choice, per_sample_randn
 from lightning_fair.methods.adp import AttributeDistributionPredictor
 from lightning_fair.methods.base import DebiasingMethod
 from lightning_fair.metrics import GroupedAccuracy, validate_distribution
@@ -152,18 +153,21 @@ class HSpaceGuidance(DebiasingMethod):
         columns = zip(self.attributes, self.attribute_columns, strict=True)
         return {name: predictions[:, column] for name, column in columns}
 
-    def training_features(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def training_features(
+        self, images: Tensor, generators: list[torch.Generator] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """H of ``images`` at sampler timesteps and those timesteps, as ``(N, *h_shape)`` and ``(N,)``.
 
-        ``noised``: one random sampler timestep per image (``N = B``). ``inversion``: every timestep of a DDIM
-        inversion of each image (``N = S * B``, grouped by timestep).
+        ``noised``: one random sampler timestep per image (``N = B``), timestep and noise of image ``i`` drawn from
+        ``generators[i]`` (one per image; needed). ``inversion``: every timestep of a DDIM inversion of each image
+        (``N = S * B``, grouped by timestep).
         """
         timesteps = self.sampler.timesteps.to(images.device)
         labels = self.backbone.default_labels(len(images), images.device)
         if self.hparams["h_source"] == "noised":
-            choice = torch.randint(len(timesteps), (len(images),), generator=generator, device="cpu").to(images.device)
-            t = timesteps[choice]
-            noise = torch.randn(images.shape, generator=generator, device="cpu").to(images.device)
+            choice = torch.cat([torch.randint(len(timesteps), (1,), generator=g) for g in generators])
+            t = timesteps[choice.to(images.device)]
+            noise = per_sample_randn(generators, tuple(images.shape[1:]), images.device)
             noisy = self.sampler.scheduler.add_noise(images, noise, t)
             return self.backbone.encode(noisy, t, labels).h, t
         features, steps = [], []
@@ -182,10 +186,15 @@ class HSpaceGuidance(DebiasingMethod):
         return torch.cat(features), torch.cat(steps)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """Cross-entropy of every ADP against the classifier's pseudo-labels."""
+        """Cross-entropy of every ADP against the classifier's pseudo-labels.
+
+        The timestep and noise of each image depend only on ``(seed, epoch, image index)``, so a resumed fit draws
+        what the uninterrupted one would have, whatever the batches or the number of processes.
+        """
+        generators = training_generators(self.seed, self.current_epoch, batch["index"])
         with torch.no_grad():
             labels = self.pseudo_labels(batch["image"])
-            h, t = self.training_features(batch["image"])
+            h, t = self.training_features(batch["image"], generators)
         repeats = len(h) // len(batch["image"])
         temperature = self.hparams["temperature"]
         losses = {

@@ -6,15 +6,19 @@ import json
 import os
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from lightning.pytorch import LightningModule
 from torch import Tensor
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
+from lightning_fair.data.epochs import training_generators
+from lightning_fair.diffusion.seeding import NOISE_STREAM, per_sample_randn, sample_generators
 from lightning_fair.models import CONDITIONING_FILE, resolve_model_path
 
 
@@ -23,8 +27,17 @@ class DiffusionPretraining(LightningModule):
 
     Optionally class-conditional on one attribute with classifier-free null-label dropout: the class
     embedding has ``num_condition_classes + 1`` rows and the last one is the null label (unconditional).
-    An exponential moving average of the weights is kept (and checkpointed, so runs resume with
-    ``--ckpt_path``); at the end of ``fit`` the EMA model is written with ``save_pretrained`` into
+    The noise, timestep and null-label dropout of each image depend only on ``(seed, epoch, image index)``,
+    so a fit resumed with ``--ckpt_path`` ends with the weights of an uninterrupted one.
+
+    An exponential moving average (EMA) of the weights is kept after every optimizer step, with the warm-up of
+    diffusers' ``EMAModel(use_ema_warmup=True)``: after ``n`` updates the decay is
+    ``min(ema_decay, 1 - (1 + n / ema_inv_gamma) ** -ema_power)``. With the defaults (``ema_inv_gamma`` 1,
+    ``ema_power`` 3/4, the diffusers value for runs shorter than a few hundred thousand steps) it is 0.97 after
+    100 steps, 0.994 after 1,000 and reaches 0.999 at 10,000, so the average soon forgets the random initial
+    weights (without warm-up, decay 0.999 keeps ``0.999 ** n`` of them: 45% after 800 steps). The EMA and its
+    step count are checkpointed; the validation loss is logged for the EMA (``val/loss``) and the raw weights
+    (``val/loss_raw``). At the end of ``fit`` the EMA model is written with ``save_pretrained`` into
     ``output_dir`` as a diffusers ``DDPMPipeline`` folder (``unet/``, ``scheduler/``, ``model_index.json``)
     plus ``lightning_fair.json``, which records the conditioning for the backbone loader.
 
@@ -45,7 +58,11 @@ class DiffusionPretraining(LightningModule):
         learning_rate: AdamW learning rate after warm-up.
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warm-up steps.
-        ema_decay: decay of the exponential moving average of the weights.
+        ema_decay: largest decay of the exponential moving average of the weights.
+        ema_inv_gamma: warm-up of the EMA decay: the step scale of its growth (diffusers' ``inv_gamma``).
+        ema_power: warm-up of the EMA decay: the exponent of its growth (diffusers' ``power``; 2/3 for runs of
+            a million steps).
+        seed: seed of the noise, timesteps and null-label dropout drawn for each image.
         init_weights: a diffusers folder (or shipped model name) whose UNet weights start the training
             (fine-tuning); its architecture must match the options above.
     """
@@ -69,7 +86,10 @@ class DiffusionPretraining(LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 500,
         ema_decay: float = 0.999,
+        ema_inv_gamma: float = 1.0,
+        ema_power: float = 0.75,
         init_weights: str | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         levels = len(block_out_channels)
@@ -84,6 +104,12 @@ class DiffusionPretraining(LightningModule):
             )
         if not 0 <= condition_dropout < 1:
             raise ValueError(f"Option 'condition_dropout' must lie in [0, 1), got {condition_dropout}")
+        if not 0 <= ema_decay < 1:
+            raise ValueError(f"Option 'ema_decay' must lie in [0, 1), got {ema_decay}")
+        if ema_inv_gamma <= 0 or ema_power <= 0:
+            raise ValueError(
+                f"Options 'ema_inv_gamma' and 'ema_power' must be positive, got {ema_inv_gamma}, {ema_power}"
+            )
         self.save_hyperparameters()
         self.condition_column = None if condition_attribute is None else list(attributes).index(condition_attribute)
         self.null_label = num_condition_classes
@@ -100,7 +126,9 @@ class DiffusionPretraining(LightningModule):
         )
         if init_weights is not None:
             self._load_initial_weights(init_weights)
-        self.ema = AveragedModel(self.unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        self.seed = seed
+        update = partial(ema_update, max_decay=ema_decay, inv_gamma=ema_inv_gamma, power=ema_power)
+        self.ema = AveragedModel(self.unet, multi_avg_fn=update, use_buffers=True)
         self.ema.requires_grad_(False)
         self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
 
@@ -120,7 +148,10 @@ class DiffusionPretraining(LightningModule):
             )
         self.unet.load_state_dict(pretrained.state_dict())
 
-    def _class_labels(self, batch: dict[str, Tensor], dropout: float) -> Tensor | None:
+    def _class_labels(
+        self, batch: dict[str, Tensor], dropout: float, generators: list[torch.Generator]
+    ) -> Tensor | None:
+        """The condition column of ``batch``, each label replaced by the null label with probability ``dropout``."""
         if self.condition_column is None:
             return None
         labels = batch["attributes"][:, self.condition_column].clone()
@@ -129,43 +160,50 @@ class DiffusionPretraining(LightningModule):
                 f"Attribute '{self.hparams['condition_attribute']}' has class {int(labels.max())} but "
                 f"'num_condition_classes' is {self.null_label}"
             )
-        if dropout > 0:
-            labels[torch.rand(labels.shape, device=labels.device) < dropout] = self.null_label
+        dropped = torch.cat([torch.rand(1, generator=generator) for generator in generators]) < dropout
+        labels[dropped.to(labels.device)] = self.null_label
         return labels
 
     def diffusion_loss(
-        self, batch: dict[str, Tensor], dropout: float, generator: torch.Generator | None = None
+        self, unet: UNet2DModel, batch: dict[str, Tensor], dropout: float, generators: list[torch.Generator]
     ) -> Tensor:
-        """Mean squared error of the predicted noise at uniformly drawn timesteps."""
+        """Mean squared error of ``unet``'s predicted noise at uniformly drawn timesteps.
+
+        Image ``i`` draws its timestep, its noise and whether its label is dropped from ``generators[i]``.
+        """
         images = batch["image"]
-        device = images.device
-        noise = torch.randn(images.shape, generator=generator, device=device)
-        timesteps = torch.randint(
-            0, self.scheduler.config.num_train_timesteps, (images.shape[0],), generator=generator, device=device
-        )
+        steps = self.scheduler.config.num_train_timesteps
+        timesteps = torch.cat([torch.randint(0, steps, (1,), generator=g) for g in generators]).to(images.device)
+        noise = per_sample_randn(generators, tuple(images.shape[1:]), images.device)
         noisy = self.scheduler.add_noise(images, noise, timesteps)
-        prediction = self.unet(noisy, timesteps, class_labels=self._class_labels(batch, dropout)).sample
+        prediction = unet(noisy, timesteps, class_labels=self._class_labels(batch, dropout, generators)).sample
         return F.mse_loss(prediction, noise)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """DDPM loss with null-label dropout."""
-        loss = self.diffusion_loss(batch, self.hparams["condition_dropout"])
+        """DDPM loss with null-label dropout; the draws of each image depend on ``(seed, epoch, index)``."""
+        generators = training_generators(self.seed, self.current_epoch, batch["index"])
+        loss = self.diffusion_loss(self.unet, batch, self.hparams["condition_dropout"], generators)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
-        """Updates the EMA weights."""
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Steps the optimizer, then updates the EMA weights.
+
+        Both happen before Lightning counts the batch as trained, so every checkpoint holds weights and EMA of the
+        same step (a checkpoint taken in ``on_train_batch_end``, e.g. every N steps, would otherwise miss one update).
+        """
+        super().optimizer_step(*args, **kwargs)
         self.ema.update_parameters(self.unet)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """DDPM loss of the EMA model with noise and timesteps seeded by the batch index (comparable runs)."""
-        generator = torch.Generator(device=batch["image"].device).manual_seed(batch_idx)
-        training_unet, self.unet = self.unet, self.ema.module
-        try:
-            loss = self.diffusion_loss(batch, dropout=0.0, generator=generator)
-        finally:
-            self.unet = training_unet
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        """DDPM loss of the EMA (``val/loss``) and the raw (``val/loss_raw``) weights.
+
+        Both with the same draws per image, seeded by ``(seed, image index)``: the same in every validation.
+        """
+        for name, unet in (("val/loss", self.ema.module), ("val/loss_raw", self.unet)):
+            generators = sample_generators(self.seed, batch["index"], NOISE_STREAM)
+            loss = self.diffusion_loss(unet, batch, dropout=0.0, generators=generators)
+            self.log(name, loss, prog_bar=name == "val/loss", sync_dist=True)
 
     def configure_optimizers(self) -> dict:
         """AdamW on the UNet with a linear warm-up."""
@@ -181,13 +219,19 @@ class DiffusionPretraining(LightningModule):
         if self.trainer.is_global_zero:
             self.export(self.hparams["output_dir"])
 
-    def export(self, output_dir: str | Path) -> Path:
-        """Writes the EMA UNet, the noise scheduler and the conditioning record into ``output_dir``, atomically."""
+    def export(self, output_dir: str | Path, weights: Literal["ema", "raw"] = "ema") -> Path:
+        """Writes the EMA (or raw) UNet, the noise scheduler and the conditioning record into ``output_dir``.
+
+        The folder is replaced atomically.
+        """
+        if weights not in ("ema", "raw"):
+            raise ValueError(f"'weights' must be 'ema' or 'raw', got {weights!r}")
         output_dir = Path(output_dir)
         output_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
         try:
-            self.ema.module.save_pretrained(staging / "unet", safe_serialization=True)
+            unet = self.ema.module if weights == "ema" else self.unet
+            unet.save_pretrained(staging / "unet", safe_serialization=True)
             self.scheduler.save_pretrained(staging / "scheduler")
             model_index = {
                 "_class_name": "DDPMPipeline",
@@ -210,6 +254,29 @@ class DiffusionPretraining(LightningModule):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return output_dir
+
+
+def ema_decay(step: int, max_decay: float, inv_gamma: float, power: float) -> float:
+    """The EMA decay after ``step`` updates: ``min(max_decay, 1 - (1 + step / inv_gamma) ** -power)``."""
+    return min(max_decay, 1 - (1 + step / inv_gamma) ** -power)
+
+
+@torch.no_grad()
+def ema_update(
+    averaged: list[Tensor],
+    current: list[Tensor],
+    num_averaged: Tensor,
+    max_decay: float,
+    inv_gamma: float,
+    power: float,
+) -> None:
+    """``AveragedModel``'s ``multi_avg_fn``: one EMA step with the warm-up decay of its update count."""
+    decay = ema_decay(int(num_averaged), max_decay, inv_gamma, power)
+    if torch.is_floating_point(averaged[0]):
+        torch._foreach_lerp_(averaged, current, 1 - decay)
+    else:
+        for average, value in zip(averaged, current, strict=True):
+            average.copy_(value)
 
 
 def _plain(value: object) -> object:

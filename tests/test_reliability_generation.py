@@ -301,3 +301,13 @@ def test_batch_guidance_resumed_on_two_processes_equals_uninterrupted(
         assert finished.returncode == 0, finished.stderr.decode()[-3000:]
         outcomes.append(results(folder))
     assert outcomes[0] == outcomes[1]
+
+
+def test_damaged_record_is_named(generation_config: Callable[..., Path], tmp_path: Path) -> None:
+    """A record damaged outside the writer (e.g. by a crash of the machine) is reported by name, never used."""
+    config = generation_config(tmp_path, num_samples=NUM_SAMPLES)
+    main(predict_args(config))
+    record = tmp_path / "generated" / "images" / "000001.png"
+    record.write_bytes(record.read_bytes()[:200])
+    with pytest.raises(ValueError, match=f"^{record}: not a readable record .*; delete it to generate it again$"):
+        main(predict_args(config))

@@ -7,11 +7,13 @@ Layout::
                             conditions it was generated with and the predicted attributes
     generations.csv         a table of every record, rebuilt from the records at the end of a run
 
-A record is a single file, written to a temporary name, flushed to disk and renamed: it exists complete or not at
-all, so 'done' simply means 'its PNG exists' and nothing else has to be written together with it. The table is
-derived from the records and rewritten (atomically) by every run, so it can never disagree with them. The manifest
-makes a folder hold the samples of one set of settings only: a run with other settings is refused, a run with
-the same settings resumes (see ``GenerationRequests(skip_existing=...)``).
+A record is a single file, written under a temporary name and renamed once complete: whenever a process is killed,
+a record exists complete or not at all, so 'done' simply means 'its PNG exists' and nothing else has to be written
+together with it. (Files are not flushed to disk one by one, which would slow small models down several times; a
+record damaged by an operating-system crash is reported, naming the file to delete, when it is read.) The table is
+derived from the records and rewritten by every run, so it never disagrees with them. The manifest makes a folder
+hold the samples of one set of settings only: a run with other settings is refused, a run with the same settings
+resumes (see ``GenerationRequests(skip_existing=...)``).
 """
 
 from __future__ import annotations
@@ -67,12 +69,10 @@ def as_stored(images: Tensor) -> Tensor:
 
 
 def replace_atomically(path: Path, write: Any) -> None:
-    """Calls ``write(temporary_path)``, flushes the file to disk and renames it to ``path``."""
+    """Calls ``write(temporary_path)``, then renames the complete file to ``path``."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(temporary)
-        with temporary.open("rb+") as handle:
-            os.fsync(handle.fileno())
         temporary.replace(path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -90,29 +90,31 @@ def write_record(
     replace_atomically(path, lambda temporary: Image.fromarray(array).save(temporary, "PNG", pnginfo=text))
 
 
-def _metadata(path: Path, image: Image.Image) -> dict[str, Any]:
-    if RECORD_KEY not in image.text:
+def _read(path: Path, pixels: bool) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """The pixels (if asked for) and the metadata of the record ``path``."""
+    try:
+        with Image.open(path) as image:
+            text = image.text.get(RECORD_KEY)
+            array = np.array(image) if pixels else None
+    except (OSError, SyntaxError) as error:  # PIL's errors for a truncated or corrupt PNG
+        raise ValueError(f"{path}: not a readable record ({error}); delete it to generate it again") from error
+    if text is None:
         raise ValueError(f"{path}: not a record of lightning-fair's GenerationWriter (no metadata); delete it")
-    return json.loads(image.text[RECORD_KEY])
+    return array, json.loads(text)
 
 
 def read_record(folder: str | Path, index: int) -> tuple[Tensor, dict[str, Any]]:
     """The 8-bit image ``(C, H, W)`` of sample ``index`` and its conditions (as written by :func:`write_record`)."""
-    path = record_path(folder, index)
-    with Image.open(path) as image:
-        conditions = _metadata(path, image)["conditions"]
-        pixels = torch.from_numpy(np.array(image))
-    pixels = pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1)
-    return pixels, conditions
+    array, record = _read(record_path(folder, index), pixels=True)
+    pixels = torch.from_numpy(array)
+    return (pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1)), record["conditions"]
 
 
 def write_table(folder: str | Path) -> None:
     """Rewrites ``generations.csv``: one row per record (index, conditions, predictions), sorted by index."""
     rows = []
     for index in sorted(stored_indices(folder)):
-        path = record_path(folder, index)
-        with Image.open(path) as image:
-            record = _metadata(path, image)
+        _, record = _read(record_path(folder, index), pixels=False)
         row = {"index": record["index"]}
         row |= {f"condition_{name}": value for name, value in record["conditions"].items()}
         row |= {f"predicted_{name}": value for name, value in record["predicted"].items()}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from jsonargparse import set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 import lightning_fair  # the submodule imports below register the classes for short names in configs
 import lightning_fair.callbacks
@@ -24,6 +26,18 @@ class LightningFairCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """Keeps the parsed config as it is (see the class docstring)."""
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        """Lightning's subcommand parser; ``predict`` does not keep every generated image (``return_predictions``).
+
+        The command line discards what ``Trainer.predict`` returns, and callbacks (``GenerationWriter``,
+        ``FairnessEvaluator``) consume each batch as it comes; returning predictions would only hold every image in
+        memory until the end. ``--return_predictions true`` brings Lightning's default back.
+        """
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            parser.set_defaults(return_predictions=False)
+        return parser
 
 
 def build_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:

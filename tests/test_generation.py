@@ -18,6 +18,7 @@ from PIL import Image
 
 from lightning_fair.callbacks import FairnessEvaluator
 from lightning_fair.cli import main
+from lightning_fair.data.generated import from_pixels, write_record
 from lightning_fair.data.requests import RequestBatches
 from lightning_fair.diffusion import SamplerConfig
 from lightning_fair.methods import ConditionalSampling, PlainSampling
@@ -38,9 +39,20 @@ def test_requests_cover_every_sample_once(world_size: int) -> None:
         assert torch.cat([per_rank[rank][g] for rank in range(world_size)]).tolist() == expected
 
 
-def test_requests_skip_finished_batches() -> None:
-    requests = RequestBatches(10, 4, 1, done={0, 1, 2, 3, 4, 5})
-    assert [requests[i]["index"].tolist() for i in range(len(requests))] == [[4, 5, 6, 7], [8, 9]]
+def test_requests_read_back_finished_batches(tmp_path: Path) -> None:
+    pixels = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    for index in range(6):
+        write_record(tmp_path, index, pixels[index], {"Male": index % 2}, {})
+    requests = RequestBatches(10, 4, 2, store=tmp_path, done=set(range(6)))
+    items = [requests[item] for item in range(len(requests))]
+    assert [item["index"].tolist() for item in items] == [[0, 1], [2, 3], [4, 5], [6, 7], [8], [9]]
+    assert requests.num_read_back == 4  # global batch [4, 5, 6, 7] is generated whole, on both processes
+    for item in items[:2]:
+        assert set(item) == {"index", "images", "conditions"}
+        assert torch.equal(item["images"], from_pixels(pixels[item["index"]]))
+        assert item["conditions"]["Male"].tolist() == [index % 2 for index in item["index"].tolist()]
+    for item in items[2:]:
+        assert item.keys() == {"index", "as_stored"}
 
 
 def test_checkpoint_has_no_backbone_weights(tiny_backbone: Path, tmp_path: Path) -> None:

@@ -6,16 +6,20 @@ recorded lightning-fair arguments then go, with ``--print_config``, through the 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
+from lightning_fair.callbacks import GenerationWriter
 from lightning_fair.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +42,7 @@ def sbatch_options() -> dict[str, str]:
     return options
 
 
-def launch(tmp_path: Path, *script_args: str) -> list[str]:
+def launch(tmp_path: Path, *script_args: str, slurm: dict[str, str] = SLURM) -> list[str]:
     """Runs the template in ``tmp_path`` and returns the arguments it gave lightning-fair through srun."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -47,7 +51,7 @@ def launch(tmp_path: Path, *script_args: str) -> list[str]:
     srun.chmod(0o755)
     recorded = tmp_path / "srun_args"
     env = {name: value for name, value in os.environ.items() if not name.startswith("SLURM_")}
-    env |= SLURM | {
+    env |= slurm | {
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         "SRUN_ARGS": str(recorded),
         "LIGHTNING_FAIR_VENV": "",  # the test's own environment
@@ -142,3 +146,86 @@ def test_fit_requeued_resumes_from_hpc_checkpoint(
     config = printed_config(args, capsys)
     assert_multi_node(config, "synthetic_faces/pretrain_unet")
     assert config["ckpt_path"] == "hpc"  # the newest state, over the caller's --ckpt_path
+
+
+# One task on one node, as SLURM describes it to that task (Lightning's SLURMEnvironment reads these).
+ONE_TASK = {
+    "SLURM_NNODES": "1",
+    "SLURM_NTASKS_PER_NODE": "1",
+    "SLURM_NTASKS": "1",
+    "SLURM_JOB_ID": "123",
+    "SLURM_JOB_NAME": "lightning-fair",
+    "SLURM_CPUS_PER_TASK": "1",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+    "SLURM_NODELIST": "127.0.0.1",
+}
+
+
+def test_predict_requeued_resumes_to_the_uninterrupted_result(
+    tmp_path: Path,
+    generation_config: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Near the time limit SLURM sends SIGUSR1 (``#SBATCH --signal``): Lightning requeues the job, and SLURM then
+    ends it with SIGTERM. The run stops after the current batch; the requeued job, the same command, resumes and ends
+    with the records, table and metrics of an uninterrupted run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text('#!/usr/bin/env bash\necho "$@" >> "$SCONTROL_CALLS"\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SCONTROL_CALLS", str(tmp_path / "scontrol_calls"))
+    for name, value in ONE_TASK.items():
+        monkeypatch.setenv(name, value)
+
+    def run_job(folder: Path) -> list[str]:
+        """The job's lightning-fair arguments (the template's, then the caller's: CPU, resume the writer's folder)."""
+        config = generation_config(folder, num_samples=12)
+        caller = [
+            "--trainer.accelerator=cpu",
+            "--trainer.strategy=auto",
+            f"--data.init_args.skip_existing={folder / 'generated'}",
+        ]
+        return launch(folder, "predict", str(config), *caller, slurm=ONE_TASK)
+
+    def outputs(folder: Path) -> dict[str, object]:
+        versions = sorted((folder / RUN_DIR / "run").glob("version_*/metrics.json"))
+        return {
+            "records": {path.name: path.read_bytes() for path in sorted((folder / "generated" / "images").iterdir())},
+            "table": (folder / "generated" / "generations.csv").read_text(),
+            "metrics": json.loads(versions[-1].read_text()),
+        }
+
+    uninterrupted = tmp_path / "uninterrupted"
+    uninterrupted.mkdir()
+    args = run_job(uninterrupted)
+    monkeypatch.chdir(uninterrupted)
+    main(args)
+    expected = outputs(uninterrupted)
+
+    requeued = tmp_path / "requeued"
+    requeued.mkdir()
+    args = run_job(requeued)
+    monkeypatch.chdir(requeued)
+    write = GenerationWriter.on_predict_batch_end
+
+    def time_limit_after_batch_1(self, trainer, pl_module, outputs, batch, batch_idx, *rest) -> None:
+        write(self, trainer, pl_module, outputs, batch, batch_idx, *rest)
+        if batch_idx == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)  # --signal=SIGUSR1@90
+            os.kill(os.getpid(), signal.SIGTERM)  # scontrol requeue ends the running job
+
+    with monkeypatch.context() as patch:
+        patch.setattr(GenerationWriter, "on_predict_batch_end", time_limit_after_batch_1)
+        with pytest.raises(SystemExit) as stopped:
+            main(args)
+    assert stopped.value.code != 0
+    assert (tmp_path / "scontrol_calls").read_text() == "requeue 123\n"
+    assert len(list((requeued / "generated" / "images").glob("*.png"))) == 8
+    assert not (requeued / "generated" / "generations.csv").exists()
+
+    main(args)  # the requeued job: same job id, same command
+    assert outputs(requeued) == expected

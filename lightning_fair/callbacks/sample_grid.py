@@ -10,12 +10,15 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 from torchvision.utils import save_image
 
 from lightning_fair.callbacks.run_folder import run_folder
+from lightning_fair.data.generated import replace_atomically
 
 
 class SampleGrid(Callback):
     """Writes the samples with global indices ``0..num_images-1`` as one PNG grid in the log directory.
 
-    The grid holds the same images whatever the number of processes (they are gathered by index).
+    The grid holds the same images whatever the number of processes (they are gathered by index), and in a resumed
+    run the samples read back, too (see ``GenerationRequests(skip_existing=...)``). It is written atomically, at the
+    end of the run only: a stopped run leaves no grid of part of the samples.
 
     Args:
         num_images: images in the grid.
@@ -56,7 +59,9 @@ class SampleGrid(Callback):
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / self.filename.format(method=type(pl_module).__name__)
             ordered = images[indices.argsort()]
-            save_image((ordered + 1) / 2, path, nrow=self.nrow, padding=1)
+            replace_atomically(
+                path, lambda temporary: save_image((ordered + 1) / 2, temporary, "PNG", nrow=self.nrow, padding=1)
+            )
         self._reset()
 
     on_test_epoch_end = on_predict_epoch_end = _write

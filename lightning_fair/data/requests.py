@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch import Tensor
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-IMAGE_FOLDER = "images"
-
-
-def image_name(index: int) -> str:
-    """File name of generated sample ``index`` in a ``GenerationWriter`` folder."""
-    return f"{index:06d}.png"
-
-
-def existing_indices(output_dir: str | Path) -> set[int]:
-    """Indices of the samples already written in a ``GenerationWriter`` folder."""
-    folder = Path(output_dir) / IMAGE_FOLDER
-    return {int(path.stem) for path in folder.glob("*.png") if path.stem.isdigit()} if folder.is_dir() else set()
+from lightning_fair.data.generated import check_manifest, from_pixels, generation_settings, read_record, stored_indices
 
 
 class RequestBatches(Dataset):
@@ -31,21 +21,47 @@ class RequestBatches(Dataset):
     ``r, r + W, r + 2W, ...``, i.e. its part of every global batch in order. The dataset length is always a
     multiple of ``W``, so no item is repeated or dropped; a part may be empty when the last global batch
     has fewer samples than processes.
+
+    With a ``store`` (a folder of records, see :mod:`lightning_fair.data.generated`), a global batch whose samples
+    all have a record there is read back: its items carry the stored ``images`` (in [-1, 1]) and ``conditions``
+    instead of being generated. Every other item asks for its samples ``as_stored`` (quantised to 8 bits, as the
+    records hold them), so that generated and read-back samples are the same images. A global batch is read back or
+    generated as a whole, on every process, so batch-level methods see the same global batches either way.
     """
 
-    def __init__(self, num_samples: int, global_batch_size: int, world_size: int, done: set[int] | None = None) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        global_batch_size: int,
+        world_size: int,
+        store: Path | None = None,
+        done: frozenset[int] | set[int] = frozenset(),
+    ) -> None:
         self.world_size = world_size
+        self.store = store
         starts = range(0, num_samples, global_batch_size)
-        batches = [np.arange(start, min(start + global_batch_size, num_samples)) for start in starts]
-        self.global_batches = [batch for batch in batches if not done or not set(batch.tolist()) <= done]
+        self.global_batches = [np.arange(start, min(start + global_batch_size, num_samples)) for start in starts]
+        self.read_back = [store is not None and set(batch.tolist()) <= done for batch in self.global_batches]
+        self.num_read_back = sum(
+            len(batch) for batch, read in zip(self.global_batches, self.read_back, strict=True) if read
+        )
 
     def __len__(self) -> int:
         return len(self.global_batches) * self.world_size
 
-    def __getitem__(self, item: int) -> dict[str, Tensor]:
-        batch = self.global_batches[item // self.world_size]
-        part = np.array_split(batch, self.world_size)[item % self.world_size]
-        return {"index": torch.as_tensor(part, dtype=torch.long)}
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        batch = item // self.world_size
+        part = np.array_split(self.global_batches[batch], self.world_size)[item % self.world_size]
+        indices = torch.as_tensor(part, dtype=torch.long)
+        if self.store is None:
+            return {"index": indices}
+        if not self.read_back[batch]:
+            return {"index": indices, "as_stored": True}
+        records = [read_record(self.store, index) for index in part.tolist()]
+        pixels = torch.stack([pixels for pixels, _ in records]) if records else torch.empty(0, dtype=torch.uint8)
+        names = dict.fromkeys(name for _, conditions in records for name in conditions)
+        conditions = {name: torch.tensor([record[name] for _, record in records]) for name in names}
+        return {"index": indices, "images": from_pixels(pixels), "conditions": conditions}
 
 
 class GenerationRequests(LightningDataModule):
@@ -62,8 +78,10 @@ class GenerationRequests(LightningDataModule):
     Args:
         num_samples: number of images to generate.
         batch_size: global batch size (all processes together).
-        skip_existing: a ``GenerationWriter`` output folder; global batches whose images are all there
-            already are not generated again (an interrupted ``predict`` resumes).
+        skip_existing: a ``GenerationWriter`` output folder to resume: global batches whose samples all have a
+            record there are read back instead of generated, so the callbacks (metrics, grid) still see every
+            sample; a folder written with other settings is refused. Generated images are then passed on as the
+            records store them (8-bit), so a resumed run's metrics equal an uninterrupted run's.
         train_data: the image DataModule of ``fit`` and ``validate`` (its train and val splits).
         calibration_samples: requests iterated by ``fit`` when there is no ``train_data``.
     """
@@ -93,8 +111,17 @@ class GenerationRequests(LightningDataModule):
             )
         if num_samples is not None:
             return DataLoader(RequestBatches(num_samples, self.batch_size, world_size), batch_size=None)
-        done = existing_indices(self.skip_existing) if self.skip_existing else None
-        return DataLoader(RequestBatches(self.num_samples, self.batch_size, world_size, done), batch_size=None)
+        if self.skip_existing is None:
+            return DataLoader(RequestBatches(self.num_samples, self.batch_size, world_size), batch_size=None)
+        store = Path(self.skip_existing)
+        check_manifest(store, generation_settings(self.trainer.lightning_module, self.num_samples, self.batch_size))
+        done = self.trainer.strategy.broadcast(stored_indices(store))  # process 0's view, so all decide alike
+        requests = RequestBatches(self.num_samples, self.batch_size, world_size, store, done)
+        rank_zero_info(
+            f"GenerationRequests: {requests.num_read_back} of {self.num_samples} samples are read back from {store}, "
+            f"{self.num_samples - requests.num_read_back} generated"
+        )
+        return DataLoader(requests, batch_size=None)
 
     def _images(self) -> LightningDataModule:
         self.train_data.trainer = self.trainer

@@ -11,8 +11,10 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
 from lightning_fair.backbones import FrozenUNet
+from lightning_fair.data.generated import as_stored
 from lightning_fair.diffusion import DiffusionSampler, SamplerConfig, SamplingState
 from lightning_fair.utils import distributed  # noqa: F401  (registers the DDP strategy that fits calibrations)
+from lightning_fair.utils.preemption import stop_if_terminated
 
 
 class DebiasingMethod(LightningModule):
@@ -102,19 +104,39 @@ class DebiasingMethod(LightningModule):
         makes the same collective calls here, with nothing to add, so the other processes do not wait forever.
         """
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
-        """Turns a batch of generation requests into images plus the conditions used."""
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Turns a batch of generation requests into images plus the conditions used.
+
+        A batch that ``GenerationRequests(skip_existing=...)`` read back from earlier records carries their images
+        and conditions, which are passed on as they are (``read_back``), so that the callbacks see every sample of a
+        resumed run; otherwise the images are generated, and quantised as the records store them when the batch asks
+        for it (``as_stored``).
+        """
         indices = batch["index"]
+        if "images" in batch:
+            images = batch["images"].reshape(len(indices), *self.backbone.image_shape)
+            return {"images": images, "index": indices, "conditions": batch["conditions"], "read_back": True}
         if len(indices) == 0:
             self.join_empty_batch()
-            empty = torch.empty((0, *self.backbone.image_shape), device=self.device)
-            return {"images": empty, "index": indices, "conditions": {}}
-        images, state = self.sample(indices)
-        return {"images": images, "index": indices, "conditions": state.conditions}
+            images, conditions = torch.empty((0, *self.backbone.image_shape), device=self.device), {}
+        else:
+            images, state = self.sample(indices)
+            conditions = state.conditions
+        if batch.get("as_stored", False):
+            images = as_stored(images)
+        return {"images": images, "index": indices, "conditions": conditions, "read_back": False}
 
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Same as :meth:`test_step`."""
         return self.test_step(batch, batch_idx)
+
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Stops the run here, every callback's work on the batch done, if it was asked to terminate."""
+        stop_if_terminated(self.trainer)
+
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Stops the run here, every callback's work on the batch done, if it was asked to terminate."""
+        stop_if_terminated(self.trainer)
 
     def configure_optimizers(self) -> Any:
         """No optimizer unless a subclass trains something."""

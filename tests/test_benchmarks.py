@@ -38,8 +38,12 @@ def test_fairness_benchmark_rows(
 ) -> None:
     fairness = load_script("fairness")
     monkeypatch.setattr(fairness, "time", FakeClock())
-    plain = generation_config(tmp_path, num_samples=6, method="PlainSampling", name="plain")
-    conditional = generation_config(tmp_path, num_samples=6, method="ConditionalSampling", name="conditional")
+    for name in ("plain", "conditional"):  # each method writes its samples into a folder of its own
+        (tmp_path / name).mkdir()
+    plain = generation_config(tmp_path / "plain", num_samples=6, method="PlainSampling", name="plain")
+    conditional = generation_config(
+        tmp_path / "conditional", num_samples=6, method="ConditionalSampling", name="conditional"
+    )
     out = tmp_path / "results" / "rows.json"
     rows = fairness.main(
         [
@@ -94,8 +98,10 @@ def test_fairness_benchmark_fits_a_method_that_needs_it(
     generation_config: Callable[..., Path], tiny_classifier: Path, faces_root: Path, tmp_path: Path
 ) -> None:
     fairness = load_script("fairness")
-    plain = generation_config(tmp_path, num_samples=4, method="PlainSampling", name="plain")
-    guided = generation_config(tmp_path, num_samples=4, method="DistributionGuidance", name="guided")
+    for name in ("plain", "guided"):  # each method writes its samples into a folder of its own
+        (tmp_path / name).mkdir()
+    plain = generation_config(tmp_path / "plain", num_samples=4, method="PlainSampling", name="plain")
+    guided = generation_config(tmp_path / "guided", num_samples=4, method="DistributionGuidance", name="guided")
     text = guided.read_text()
     model_options = f"    classifier: {tiny_classifier}\n    target_distributions: {{Male: [0.3, 0.7]}}\n"
     text = text.replace("    sampler:", model_options + "    sampler:")

@@ -31,8 +31,14 @@ def test_attribute_proportions():
 def test_attribute_proportions_per_group():
     metric = AttributeProportions(num_classes=2, num_groups=3)
     metric.update(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 0, 1]))
-    # group 0: classes [0, 1, 1] -> [1/3, 2/3]; group 1: [1] -> [0, 1]; group 2 empty -> [0, 0]
-    _close(metric.compute(), [[1 / 3, 2 / 3], [0.0, 1.0], [0.0, 0.0]])
+    # group 0: classes [0, 1, 1] -> [1/3, 2/3]; group 1: [1] -> [0, 1]; group 2 empty -> undefined, not [0, 0]
+    _close(metric.compute(), [[1 / 3, 2 / 3], [0.0, 1.0], [NAN, NAN]])
+
+
+def test_attribute_proportions_without_samples_are_nan():
+    metric = AttributeProportions(num_classes=2)
+    metric.update(torch.tensor([], dtype=torch.long))
+    _close(metric.compute(), [NAN, NAN])
 
 
 # p_hat = [3/4, 1/4] from preds [0, 0, 0, 1]
@@ -124,9 +130,11 @@ def test_demographic_parity_gap_positive_class_and_empty_group():
     [
         ([], []),  # no sample at all
         ([0, 1, 1], [1, 1, 1]),  # only one sensitive group has samples
+        ([0, 0, 0, 0], [0, 1, 2, 1]),  # no sample in the positive class: rates 0, 0, 0 measure nothing
+        ([1, 1, 1], [0, 1, 2]),  # every sample in the positive class: rates 1, 1, 1
     ],
 )
-def test_demographic_parity_gap_nan_with_fewer_than_two_groups(preds, groups):
+def test_demographic_parity_gap_nan_when_it_cannot_be_measured(preds, groups):
     metric = DemographicParityGap(num_sensitive_classes=3)
     metric.update(torch.tensor(preds, dtype=torch.long), torch.tensor(groups, dtype=torch.long))
     assert math.isnan(metric.compute().item())

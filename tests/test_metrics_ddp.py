@@ -1,6 +1,7 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -9,6 +10,7 @@ from lightning_fair.metrics import (
     AttributeProportions,
     DemographicParityGap,
     FairnessDiscrepancy,
+    FeatureDistance,
     PairwiseBiasScore,
 )
 
@@ -55,6 +57,24 @@ def _compute(batches):
     return results
 
 
+# Generated samples 0..8 for FeatureDistance: process 0 gets them in 4 batches out of order, process 1 none at all
+# (it still makes the same collective calls).
+FEATURE_SHARDS = [[[6, 2, 7], [0], [8, 4], [1, 3, 5]], []]
+
+
+def _features():
+    generator = torch.Generator().manual_seed(7)
+    return torch.randn(12, 5, generator=generator), torch.randn(9, 5, generator=generator) + 0.5
+
+
+def _feature_distance(batches):
+    reference, generated = _features()
+    metric = FeatureDistance(reference, kid_subset_size=6, kid_subsets=10)
+    for indices in batches:
+        metric.update(generated[indices], torch.tensor(indices))
+    return metric.compute()
+
+
 def _worker(rank, world_size, port, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
@@ -62,23 +82,39 @@ def _worker(rank, world_size, port, out_dir):
         inputs = _inputs()
         batches = [{k: v[start:stop] for k, v in inputs.items()} for start, stop in SHARDS[rank]]
         torch.save(_compute(batches), os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(_feature_distance(FEATURE_SHARDS[rank]), os.path.join(out_dir, f"features{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def test_metrics_exact_under_ddp(tmp_path):
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    """The results of every process of one 2-process gloo run."""
+    folder = tmp_path_factory.mktemp("ddp")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, port, str(folder)), nprocs=2, join=True)
+    return folder
 
+
+def test_metrics_exact_under_ddp(ddp_results):
     expected = _compute([_inputs()])
     for shard in SHARDS:  # every metric differs on a shard alone, so a missing sync would be caught
         local = _compute([{k: v[start:stop] for k, v in _inputs().items()} for start, stop in shard])
         assert all(not torch.equal(local[n].nan_to_num(-1), expected[n].nan_to_num(-1)) for n in expected)
     assert torch.isnan(expected["fd_l1_groups"][3])  # the empty group
     for rank in range(2):
-        results = torch.load(tmp_path / f"rank{rank}.pt")
+        results = torch.load(ddp_results / f"rank{rank}.pt")
         assert results.keys() == expected.keys()
         for name, value in expected.items():
             torch.testing.assert_close(results[name], value, rtol=0, atol=0, equal_nan=True, msg=name)
+
+
+def test_feature_distance_exact_under_ddp_with_a_process_without_samples(ddp_results):
+    expected = _feature_distance([list(range(9))])
+    assert all(torch.isfinite(value) for value in expected.values())
+    for rank in range(2):
+        results = torch.load(ddp_results / f"features{rank}.pt")
+        for name, value in expected.items():  # the same order of samples, so the same subsets and sums
+            torch.testing.assert_close(results[name], value, rtol=1e-12, atol=0, msg=name)

@@ -1,4 +1,4 @@
-"""torchmetrics metrics of fairness, exact under DDP."""
+"""torchmetrics metrics of fairness and of feature-space quality, exact under DDP."""
 
 from lightning_fair.metrics.accuracy import GroupedAccuracy
 from lightning_fair.metrics.distribution import validate_distribution
@@ -8,11 +8,13 @@ from lightning_fair.metrics.fairness import (
     FairnessDiscrepancy,
     PairwiseBiasScore,
 )
+from lightning_fair.metrics.feature_distance import FeatureDistance
 
 __all__ = [
     "AttributeProportions",
     "DemographicParityGap",
     "FairnessDiscrepancy",
+    "FeatureDistance",
     "GroupedAccuracy",
     "PairwiseBiasScore",
     "validate_distribution",

@@ -1,7 +1,8 @@
 """Fairness metrics of generated images, computed from counts of predicted classes.
 
 Every metric keeps only integer counts as state (summed across processes), so the values are exact under
-DDP whatever the number of processes.
+DDP whatever the number of processes. A value that the counts cannot determine (no sample, an empty group, a
+gap between groups that do not exist) is ``nan``, never a number that looks measured.
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ class _PredictedClassCounts(Metric):
         self.counts += flat.view(self.num_groups, self.num_classes)
 
     def _proportions(self) -> Tensor:
-        """Class proportions per group, ``(G, C)`` float64; all zeros for an empty group."""
+        """Class proportions per group, ``(G, C)`` float64; ``nan`` for an empty group."""
         counts = self.counts.double()
-        return counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+        return counts / counts.sum(dim=1, keepdim=True)
 
     def _squeeze(self, values: Tensor) -> Tensor:
         values = values.float()
@@ -68,7 +69,7 @@ class _PredictedClassCounts(Metric):
 
 
 class AttributeProportions(_PredictedClassCounts):
-    """Fraction of samples predicted in each class: ``(C,)``, or ``(G, C)`` with groups."""
+    """Fraction of samples predicted in each class: ``(C,)``, or ``(G, C)`` with groups; ``nan`` without samples."""
 
     def compute(self) -> Tensor:
         """Returns the proportions."""
@@ -114,8 +115,7 @@ class FairnessDiscrepancy(_PredictedClassCounts):
             values = (observed - target).abs().sum(dim=1)
         else:
             values = (torch.xlogy(observed, observed) - torch.xlogy(observed, target)).sum(dim=1)
-        values = torch.where(self.counts.sum(dim=1) > 0, values, torch.full_like(values, float("nan")))
-        return self._squeeze(values)
+        return self._squeeze(values)  # nan for a group without samples: its proportions are nan
 
 
 class DemographicParityGap(_PredictedClassCounts):
@@ -123,7 +123,9 @@ class DemographicParityGap(_PredictedClassCounts):
 
     ``update(preds, groups)`` takes the predicted target attribute as ``preds`` and the (predicted)
     sensitive attribute as ``groups``. The gap is ``max_s P(t = positive | s) - min_s P(t = positive | s)``
-    over groups with samples; ``nan`` when fewer than two groups have samples.
+    over groups with samples. It is ``nan`` (cannot be measured, which is not the same as no gap) when fewer
+    than two groups have samples, or when no sample or every sample is in the positive class (the target then
+    does not vary, so its dependence on the group is unknown).
 
     Args:
         num_target_classes: classes of the target attribute.
@@ -140,7 +142,8 @@ class DemographicParityGap(_PredictedClassCounts):
     def compute(self) -> Tensor:
         """Returns the gap."""
         present = self.counts.sum(dim=1) > 0
-        if int(present.sum()) < 2:
+        positive = int(self.counts[:, self.positive_class].sum())
+        if int(present.sum()) < 2 or positive in (0, int(self.counts.sum())):
             return torch.tensor(float("nan"), device=self.counts.device)
         rates = self._proportions()[present, self.positive_class]
         return (rates.max() - rates.min()).float()
@@ -151,7 +154,7 @@ class PairwiseBiasScore(_PredictedClassCounts):
 
     Per group (InvDiff: per prompt) with class counts ``c_k`` and ``N`` samples,
     ``bias = sum_{i<j} |c_i - c_j| / N / (K (K - 1) / 2)``; 0 is balanced, and for two classes it equals
-    ``|p_0 - p_1|``. The result is the mean over groups that have samples.
+    ``|p_0 - p_1|``. The result is the mean over groups that have samples (``nan`` without samples).
 
     Args:
         num_classes: classes of the attribute.
@@ -164,6 +167,4 @@ class PairwiseBiasScore(_PredictedClassCounts):
         pairs = self.num_classes * (self.num_classes - 1) / 2
         differences = (proportions[:, :, None] - proportions[:, None, :]).abs().sum(dim=(1, 2)) / 2
         present = self.counts.sum(dim=1) > 0
-        if not present.any():
-            return torch.tensor(float("nan"), device=self.counts.device)
-        return (differences[present] / pairs).mean().float()
+        return (differences[present] / pairs).mean().float()  # the mean of nothing is nan

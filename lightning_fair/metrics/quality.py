@@ -1,52 +1,52 @@
-"""Feature-space image quality metrics (FID/KID) on an attribute classifier's features."""
+"""Classifier features of a reference dataset for ``fid_cls``/``kid_cls``, cached on disk."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch import Tensor
+from torch.utils.data import DataLoader
 
 from lightning_fair.classifiers import AttributeClassifier
+from lightning_fair.data.dataset import AttributeImageDataset
+
+CACHE_FORMAT = "reference_features/2"  # part of every key: caches of another format are never read
 
 
-class ClassifierFeatures(nn.Module):
-    """The ``feature`` module of torchmetrics' FID/KID: an attribute classifier's penultimate features.
+def reference_cache_key(classifier: AttributeClassifier, dataset: AttributeImageDataset) -> str:
+    """A digest of everything the features depend on.
 
-    Images (N x C x H x W in [-1, 1]) go through the classifier; a 2-D tensor is taken as features already
-    computed (used to feed cached reference features through the metrics' public ``update``).
+    That is: every image file (path, size, modification time, in order), the full transform (crop, size,
+    normalisation) and the classifier (its configuration and weights).
     """
-
-    def __init__(self, classifier: AttributeClassifier) -> None:
-        super().__init__()
-        self.classifier = classifier
-        self.num_features = classifier.feature_dim
-
-    def forward(self, images_or_features: Tensor) -> Tensor:
-        """Features of images, or the given features unchanged."""
-        if images_or_features.ndim == 2:
-            return images_or_features
-        with torch.no_grad():
-            return self.classifier.features(images_or_features)
+    digest = hashlib.sha256(CACHE_FORMAT.encode())
+    for path in dataset.image_paths:
+        stat = Path(path).stat()
+        digest.update(f"{Path(path).resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    digest.update(repr(dataset.transform).encode())
+    digest.update(json.dumps(dict(classifier.hparams), sort_keys=True, default=str).encode())
+    for name, tensor in classifier.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
 
 
 def reference_features(
     classifier: AttributeClassifier,
-    dataset: Dataset,
-    description: str,
+    dataset: AttributeImageDataset,
     cache_dir: Path | None,
     batch_size: int = 256,
 ) -> Tensor:
-    """Classifier features of every image of a reference dataset, cached on disk.
+    """Classifier features of every image of a reference dataset, in dataset order, cached on disk.
 
     Args:
         classifier: the feature extractor.
-        dataset: reference images (items with an ``image`` in [-1, 1]).
-        description: identifies the dataset in the cache key (e.g. its root and split).
-        cache_dir: where to keep the features (``None``: no cache).
+        dataset: reference images.
+        cache_dir: where to keep the features, under a key of everything they depend on (``None``: no cache).
         batch_size: images per forward pass.
 
     Returns:
@@ -54,10 +54,7 @@ def reference_features(
     """
     cache_file = None
     if cache_dir is not None:
-        digest = hashlib.sha256(description.encode())
-        for tensor in classifier.state_dict().values():
-            digest.update(tensor.detach().cpu().float().numpy().tobytes())
-        cache_file = Path(cache_dir) / f"reference_features_{digest.hexdigest()[:16]}.pt"
+        cache_file = Path(cache_dir) / f"reference_features_{reference_cache_key(classifier, dataset)}.pt"
         if cache_file.is_file():
             return torch.load(cache_file)
     device = next(classifier.parameters()).device

@@ -131,6 +131,10 @@ class FairnessEvaluator(Callback):
 
     def _start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.classifier.to(pl_module.device)
+        backbone = pl_module.backbone
+        self.classifier.expect_inputs(
+            backbone.center_crop_fraction, f"the images of the backbone '{backbone.reference}'"
+        )
         self.metrics.to(pl_module.device)
         for metric in self.metrics.values():
             metric.reset()
@@ -142,7 +146,8 @@ class FairnessEvaluator(Callback):
         dataset = self.reference.dataset(self.reference_split)
         cache = Path(self.cache_dir) if self.cache_dir else self.reference.root / ".cache"
         description = f"{self.reference.root.resolve()}:{self.reference_split}:{self.reference.image_size}"
-        features = reference_features(self.classifier, dataset, description, cache).to(pl_module.device)
+        with self.classifier.inputs_from(self.reference.center_crop_fraction, f"the images of '{self.reference.root}'"):
+            features = reference_features(self.classifier, dataset, description, cache).to(pl_module.device)
         self.num_reference = len(features)
         # Each process feeds its shard, so the summed (FID) and gathered (KID) states hold every image once.
         shard = features[trainer.global_rank :: trainer.world_size]

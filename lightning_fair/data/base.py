@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import os
 from abc import ABC, abstractmethod
+from functools import cached_property
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
+from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
@@ -17,6 +21,15 @@ from lightning_fair.data.dataset import AttributeImageDataset
 from lightning_fair.data.resampling import group_ids, resample_to_ratio
 from lightning_fair.data.synthetic.base import SyntheticDataset
 from lightning_fair.data.table import SPLIT_CODES, AttributeTable
+
+VIEW_TOLERANCE = 1e-3  # crop fractions (views of the source images) this close are the same view
+MAX_AUTO_WORKERS = 8
+
+
+def available_workers() -> int:
+    """Data-loading processes that suit this machine: its usable CPU cores less one (the main process), at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(MAX_AUTO_WORKERS, cores - 1))
 
 
 class AttributeDataModule(LightningDataModule, ABC):
@@ -33,9 +46,10 @@ class AttributeDataModule(LightningDataModule, ABC):
         target: optional content attribute that must stay independent of ``sensitive``.
         image_size: side of the square images fed to the model.
         center_crop: side of a center crop applied before resizing (e.g. 140 for aligned CelebA).
-        batch_size: training batch size.
+        batch_size: training batch size (a last train batch of a single image is dropped: BatchNorm cannot train
+            on it).
         eval_batch_size: val/test batch size (default: ``batch_size``).
-        num_workers: data loading processes.
+        num_workers: data loading processes; ``auto``: the usable CPU cores less one, at most 8.
         train_group_ratio: subsample the train split so that (target, sensitive) groups follow this ratio,
             groups in target-major order, e.g. ``[1, 2, 2, 1]`` for (t0,s0), (t0,s1), (t1,s0), (t1,s1).
         max_samples_per_split: keep at most this many images of each split (a seeded random subset).
@@ -57,7 +71,7 @@ class AttributeDataModule(LightningDataModule, ABC):
         center_crop: int | None = None,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | Literal["auto"] = "auto",
         train_group_ratio: list[float] | None = None,
         max_samples_per_split: int | None = None,
         horizontal_flip: bool = True,
@@ -85,9 +99,13 @@ class AttributeDataModule(LightningDataModule, ABC):
                 f"Option 'synthetic' writes the {synthetic.format!r} format but {type(self).__name__} "
                 f"reads {self.format!r}"
             )
-        for name, value in [("image_size", image_size), ("batch_size", batch_size)]:
-            if value < 1:
+        sizes = {"image_size": image_size, "batch_size": batch_size, "eval_batch_size": eval_batch_size}
+        sizes.update(center_crop=center_crop, max_samples_per_split=max_samples_per_split)
+        for name, value in sizes.items():
+            if value is not None and value < 1:
                 raise ValueError(f"Option '{name}' must be positive, got {value}")
+        if num_workers != "auto" and not (isinstance(num_workers, int) and num_workers >= 0):
+            raise ValueError(f"Option 'num_workers' must be 'auto' or a non-negative number, got {num_workers!r}")
         self.save_hyperparameters(ignore=["synthetic"])
         self.root = Path(root).expanduser()
         self.attributes = list(attributes)
@@ -97,7 +115,7 @@ class AttributeDataModule(LightningDataModule, ABC):
         self.center_crop = center_crop
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
+        self.num_workers = available_workers() if num_workers == "auto" else num_workers
         self.train_group_ratio = train_group_ratio
         self.max_samples_per_split = max_samples_per_split
         self.horizontal_flip = horizontal_flip
@@ -177,6 +195,25 @@ class AttributeDataModule(LightningDataModule, ABC):
                 lines.append(f"  {prefix}{self.sensitive}={sensitive_class}: {count} ({count / total:.1%})")
         return "\n".join(lines)
 
+    @cached_property
+    def center_crop_fraction(self) -> float:
+        """The view of the source images it loads: the side of the centred square kept, over their shorter side.
+
+        1 without ``center_crop`` (the transform keeps the centred square of the shorter side); with it,
+        ``center_crop`` over the shorter side of the dataset's first image (a dataset such as CelebA has one size).
+        """
+        if self.center_crop is None:
+            return 1.0
+        path = self.table.image_paths[0]
+        with Image.open(path) as image:
+            side = min(image.size)
+        if self.center_crop > side:
+            raise ValueError(
+                f"Option 'center_crop' ({self.center_crop}) is larger than the shorter side of the images ({side} "
+                f"pixels in '{path}'): the crop would pad them with black"
+            )
+        return self.center_crop / side
+
     def transform(self, train: bool) -> v2.Compose:
         """The image transform of a split: crop, resize, optional flip, scaling to [-1, 1]."""
         steps: list[torch.nn.Module] = [v2.PILToTensor()]
@@ -216,13 +253,27 @@ class AttributeDataModule(LightningDataModule, ABC):
             self.dataset("test")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.dataset(split)
+        batch_size = self.batch_size if split == "train" else self.eval_batch_size
         return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            dataset,
+            batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            drop_last=split == "train" and self._single_image_last_batch(len(dataset)),
         )
+
+    def _single_image_last_batch(self, num_images: int) -> bool:
+        """Whether each process's last train batch holds one image (dropped: BatchNorm cannot train on it)."""
+        processes = self.trainer.world_size if self.trainer is not None else 1
+        per_process = math.ceil(num_images / processes)
+        if per_process < 2:
+            raise ValueError(
+                f"The train split of '{self.root}' has {num_images} image(s): too few to train on {processes} "
+                "process(es), each batch needs at least 2"
+            )
+        return per_process % self.batch_size == 1
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled train split."""

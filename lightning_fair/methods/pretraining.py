@@ -15,6 +15,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.models import CONDITIONING_FILE, resolve_model_path
 
 
@@ -182,7 +183,12 @@ class DiffusionPretraining(LightningModule):
             self.export(self.hparams["output_dir"])
 
     def export(self, output_dir: str | Path) -> Path:
-        """Writes the EMA UNet, the noise scheduler and the conditioning record into ``output_dir``, atomically."""
+        """Writes the EMA UNet, the noise scheduler and the record into ``output_dir``, atomically.
+
+        The record (``lightning_fair.json``) holds the conditioning and the view of the training images
+        (``center_crop_fraction`` of the training DataModule; ``null`` when the model was not fitted on one), which
+        tells classifiers how to crop generated images to their own view.
+        """
         output_dir = Path(output_dir)
         output_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
@@ -202,7 +208,13 @@ class DiffusionPretraining(LightningModule):
                     "num_classes": self.null_label,
                     "null_label": self.null_label,
                 }
-            record = {"conditioning": conditioning, "image_size": self.hparams["image_size"]}
+            data = self._trainer.datamodule if self._trainer is not None else None
+            view = data.center_crop_fraction if isinstance(data, AttributeDataModule) else None
+            record = {
+                "conditioning": conditioning,
+                "image_size": self.hparams["image_size"],
+                "center_crop_fraction": view,
+            }
             (staging / CONDITIONING_FILE).write_text(json.dumps(record, indent=2) + "\n")
             if output_dir.exists():
                 shutil.rmtree(output_dir)

@@ -410,6 +410,24 @@ def test_classifier_records_the_view_of_its_training_data(faces_root: Path, tmp_
         )
 
 
+def test_classifier_checkpoint_brings_its_view(faces_root: Path, tmp_path: Path) -> None:
+    """A config cannot know the view of a checkpoint's weights: testing other data crops to it, resuming refuses."""
+    cropped = CelebADataModule(str(faces_root), ["Male"], "Male", image_size=16, center_crop=24, num_workers=0)
+    whole = CelebADataModule(str(faces_root), ["Male"], "Male", image_size=16, num_workers=0)
+    trainer = Trainer(
+        max_steps=1, limit_val_batches=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
+    trainer.fit(AttributeClassifier(["Male"], model_name="test_resnet", image_size=16), cropped)
+    [checkpoint] = (tmp_path / "checkpoints").glob("*.ckpt")
+    classifier = AttributeClassifier(["Male"], model_name="test_resnet", image_size=16)
+    Trainer(limit_test_batches=1, logger=False, enable_progress_bar=False).test(classifier, whole, ckpt_path=checkpoint)
+    assert (classifier.center_crop_fraction, classifier.input_crop_fraction) == (0.75, 1.0)
+    resumed = Trainer(max_steps=2, logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    message = "The checkpoint was trained on a centre crop of 0.75 of the source images but the training data shows 1"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        resumed.fit(AttributeClassifier(["Male"], model_name="test_resnet", image_size=16), whole, ckpt_path=checkpoint)
+
+
 def test_shipped_classifiers_saw_whole_images() -> None:
     for name in ("synthetic_faces_classifier", "synthetic_waterbirds_classifier"):
         assert load_classifier(name).hparams["center_crop_fraction"] == 1.0

@@ -142,7 +142,11 @@ class AttributeClassifier(LightningModule):
 
     @classmethod
     def from_state(cls, options: dict[str, Any], state: dict[str, Tensor], source: str) -> AttributeClassifier:
-        """A classifier (in eval mode) from its constructor options and weights, read from ``source`` (for errors)."""
+        """A classifier (in eval mode) from its constructor options and weights, read from ``source`` (for errors).
+
+        Options starting with ``_`` (what the command line adds, e.g. ``_class_path``) are left out.
+        """
+        options = {name: value for name, value in options.items() if not name.startswith("_")}
         unknown = sorted(set(options) - set(inspect.signature(cls).parameters))
         if "attributes" not in options or unknown:
             raise ValueError(
@@ -273,13 +277,12 @@ class AttributeClassifier(LightningModule):
         return torch.stack([logits.argmax(dim=-1) for logits in self(images).values()], dim=1)
 
     def setup(self, stage: str) -> None:
-        """Records the training data's view (``fit``) and expects the data's view as input in every stage."""
+        """Takes the data's view as its own unless recorded, refuses another one in ``fit``, expects it as input."""
         data = self.trainer.datamodule
         if not isinstance(data, AttributeDataModule):
             return
-        view = data.center_crop_fraction
-        recorded = self.hparams["center_crop_fraction"]
-        if stage == "fit" and recorded is None:
+        view, recorded = data.center_crop_fraction, self.hparams["center_crop_fraction"]
+        if recorded is None:
             self.hparams["center_crop_fraction"] = view
         elif stage == "fit" and abs(recorded - view) > VIEW_TOLERANCE * view:
             raise ValueError(
@@ -287,6 +290,19 @@ class AttributeClassifier(LightningModule):
                 f"'{data.root}' ({view:.4g}: center_crop {data.center_crop}); leave it unset to take the data's"
             )
         self.expect_inputs(view, f"the images of '{data.root}'")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Takes the view its weights were trained on from the checkpoint (a config does not know it)."""
+        recorded = checkpoint.get("hyper_parameters", {}).get("center_crop_fraction")
+        if recorded is None:
+            return
+        resumed = self._trainer is not None and self._trainer.state.fn == "fit"
+        if resumed and abs(recorded - self.center_crop_fraction) > VIEW_TOLERANCE * recorded:
+            raise ValueError(
+                f"The checkpoint was trained on a centre crop of {recorded:.4g} of the source images but the training "
+                f"data shows {self.center_crop_fraction:.4g}: set the data's center_crop back to continue it"
+            )
+        self.hparams["center_crop_fraction"] = recorded
 
     def augment(self, images: Tensor) -> Tensor:
         """Adds noise and blur to random parts of a batch (the robustness augmentation of training)."""

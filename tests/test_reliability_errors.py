@@ -492,18 +492,24 @@ def test_guidance_training_data_must_show_the_backbone_view(
 # ------------------------------------------------------------------------------------------ CPU defaults, progress
 
 
-@pytest.mark.parametrize(("cores", "workers"), [(1, 0), (2, 1), (6, 5), (64, 8)])
-def test_auto_workers_fit_the_machine(monkeypatch: pytest.MonkeyPatch, cores: int, workers: int) -> None:
+@pytest.mark.parametrize(
+    ("cores", "processes", "workers"), [(1, 1, 0), (2, 1, 1), (6, 1, 5), (64, 1, 8), (16, 8, 1), (16, 2, 7)]
+)
+def test_auto_workers_fit_the_machine(
+    monkeypatch: pytest.MonkeyPatch, faces_root: Path, cores: int, processes: int, workers: int
+) -> None:
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
-    assert available_workers() == workers
-    assert CelebADataModule("/data", ["Male"], "Male").num_workers == workers
+    assert available_workers(processes) == workers
+    if processes == 1:
+        assert CelebADataModule(str(faces_root), ["Male"], "Male").train_dataloader().num_workers == workers
 
 
 @pytest.mark.parametrize("dataset", ["celeba", "waterbirds"])
 def test_classifier_configs_ask_for_the_workers_the_machine_has(dataset: str, tmp_path: Path) -> None:
     config = REPO_ROOT / "configs" / dataset / "classifier.yaml"
     cli = build_cli(["-c", str(config), "--data.init_args.root=/data", "--trainer.logger=false"], run=False)
-    assert cli.datamodule.num_workers == available_workers()
+    assert cli.datamodule.num_workers == "auto"
+    assert cli.datamodule.workers == available_workers()
 
 
 @pytest.fixture

@@ -26,10 +26,13 @@ VIEW_TOLERANCE = 1e-3  # crop fractions (views of the source images) this close 
 MAX_AUTO_WORKERS = 8
 
 
-def available_workers() -> int:
-    """Data-loading processes that suit this machine: its usable CPU cores less one (the main process), at most 8."""
+def available_workers(processes: int = 1) -> int:
+    """Data-loading workers per process that suit this machine, at most 8.
+
+    The usable CPU cores are shared among the ``processes`` running on the machine, each keeping one for itself.
+    """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(0, min(MAX_AUTO_WORKERS, cores - 1))
+    return max(0, min(MAX_AUTO_WORKERS, cores // max(1, processes) - 1))
 
 
 class AttributeDataModule(LightningDataModule, ABC):
@@ -49,7 +52,8 @@ class AttributeDataModule(LightningDataModule, ABC):
         batch_size: training batch size (a last train batch of a single image is dropped: BatchNorm cannot train
             on it).
         eval_batch_size: val/test batch size (default: ``batch_size``).
-        num_workers: data loading processes; ``auto``: the usable CPU cores less one, at most 8.
+        num_workers: data loading processes; ``auto``: the usable CPU cores shared among the processes of the
+            machine, less one for each process, at most 8.
         train_group_ratio: subsample the train split so that (target, sensitive) groups follow this ratio,
             groups in target-major order, e.g. ``[1, 2, 2, 1]`` for (t0,s0), (t0,s1), (t1,s0), (t1,s1).
         max_samples_per_split: keep at most this many images of each split (a seeded random subset).
@@ -115,7 +119,7 @@ class AttributeDataModule(LightningDataModule, ABC):
         self.center_crop = center_crop
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = available_workers() if num_workers == "auto" else num_workers
+        self.num_workers = num_workers
         self.train_group_ratio = train_group_ratio
         self.max_samples_per_split = max_samples_per_split
         self.horizontal_flip = horizontal_flip
@@ -259,10 +263,17 @@ class AttributeDataModule(LightningDataModule, ABC):
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=self.workers,
+            persistent_workers=self.workers > 0,
             drop_last=split == "train" and self._single_image_last_batch(len(dataset)),
         )
+
+    @property
+    def workers(self) -> int:
+        """Data-loading processes of each loader (``num_workers``, with ``auto`` resolved for this machine)."""
+        if self.num_workers != "auto":
+            return self.num_workers
+        return available_workers(self.trainer.num_devices if self.trainer is not None else 1)
 
     def _single_image_last_batch(self, num_images: int) -> bool:
         """Whether each process's last train batch holds one image (dropped: BatchNorm cannot train on it)."""

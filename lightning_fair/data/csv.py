@@ -27,7 +27,8 @@ class AttributeCSVDataModule(AttributeDataModule):
         center_crop: side of a center crop applied before resizing.
         batch_size: training batch size.
         eval_batch_size: val/test batch size (default: ``batch_size``).
-        num_workers: data loading processes; ``auto``: the usable CPU cores less one, at most 8.
+        num_workers: data loading processes; ``auto``: the usable CPU cores shared among the processes of the
+            machine, less one for each process, at most 8.
         train_group_ratio: subsample the train split to this (target, sensitive) group ratio.
         max_samples_per_split: keep at most this many images of each split.
         horizontal_flip: random horizontal flips on the train split.

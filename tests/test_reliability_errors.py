@@ -405,7 +405,7 @@ def test_classifier_records_the_view_of_its_training_data(faces_root: Path, tmp_
     assert json.loads((folder / "config.json").read_text())["center_crop_fraction"] == 0.75
     assert load_classifier(str(folder)).center_crop_fraction == 0.75
     with pytest.raises(ValueError, match=re.escape("Option 'center_crop_fraction' (0.5) differs from the view")):
-        Trainer(max_steps=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path).fit(
+        Trainer(max_steps=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path / "other").fit(
             AttributeClassifier(["Male"], model_name="test_resnet", center_crop_fraction=0.5), data
         )
 
@@ -422,7 +422,7 @@ def test_classifier_checkpoint_brings_its_view(faces_root: Path, tmp_path: Path)
     classifier = AttributeClassifier(["Male"], model_name="test_resnet", image_size=16)
     Trainer(limit_test_batches=1, logger=False, enable_progress_bar=False).test(classifier, whole, ckpt_path=checkpoint)
     assert (classifier.center_crop_fraction, classifier.input_crop_fraction) == (0.75, 1.0)
-    resumed = Trainer(max_steps=2, logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    resumed = Trainer(max_steps=2, logger=False, enable_progress_bar=False, default_root_dir=tmp_path / "resumed")
     message = "The checkpoint was trained on a centre crop of 0.75 of the source images but the training data shows 1"
     with pytest.raises(ValueError, match=re.escape(message)):
         resumed.fit(AttributeClassifier(["Male"], model_name="test_resnet", image_size=16), whole, ckpt_path=checkpoint)

@@ -258,10 +258,9 @@ class AttributeDataModule(LightningDataModule, ABC):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
-        batch_size = self.batch_size if split == "train" else self.eval_batch_size
         return DataLoader(
             dataset,
-            batch_size=batch_size,
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
             num_workers=self.workers,
             persistent_workers=self.workers > 0,

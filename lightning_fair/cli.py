@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import re
+import sys
+from pathlib import Path
 from typing import Any
 
-from jsonargparse import set_parsing_settings
-from lightning.pytorch import LightningDataModule, LightningModule
+import jsonargparse
+from jsonargparse import Namespace, set_parsing_settings
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from omegaconf.errors import OmegaConfBaseException
 
 import lightning_fair  # the submodule imports below register the classes for short names in configs
 import lightning_fair.callbacks
 import lightning_fair.classifiers
 import lightning_fair.data
 import lightning_fair.methods
+from lightning_fair.callbacks.progress_log import ProgressLog
+from lightning_fair.models import read_checkpoint
+
+CONFIGURATION_ERROR = 2  # exit status of a run refused for what it was given (as for a command-line error)
+SPECIAL_CHECKPOINTS = ("last", "best", "hpc", "registry")
+PACKAGE_DIR = Path(lightning_fair.__file__).resolve().parent
+JSONARGPARSE_DIR = Path(jsonargparse.__file__).resolve().parent
 
 
 class LightningFairCLI(LightningCLI):
@@ -20,8 +33,13 @@ class LightningFairCLI(LightningCLI):
 
     Lightning's CLI replaces the model's options with the hyperparameters saved in the checkpoint given by
     ``--ckpt_path``, silently overriding the config and the command line. Here a method checkpoint is re-used
-    with other sampling options (target distribution, guidance scale, steps, seed), so the saved ones are not
-    read back; a checkpoint whose modules do not fit the configured ones fails to load with Lightning's error.
+    with other sampling options (target distribution, guidance scale, steps, seed), so the saved ones are not read
+    back; a checkpoint whose modules do not fit the configured ones is refused, naming the options that differ.
+
+    The model is built before the trainer's callbacks, whose options often repeat the model's by interpolation
+    (``${model.init_args.target_distributions.Male}``): a wrong value is then reported under the option the user
+    set. When standard output is not a terminal (SLURM, ``nohup``), progress is logged as lines
+    (:class:`~lightning_fair.callbacks.progress_log.ProgressLog`) instead of Lightning's default bar.
     """
 
     def _parse_ckpt_path(self) -> None:
@@ -38,6 +56,38 @@ class LightningFairCLI(LightningCLI):
         if subcommand == "predict":
             parser.set_defaults(return_predictions=False)
         return parser
+
+    def instantiate_classes(self) -> None:
+        """Builds the model first, then the callbacks, the data and the trainer."""
+        config = self.config.clone()
+        subcommand_config = config.get(str(self.subcommand), config)
+        parser = self._parser(self.subcommand)
+        subcommand_config["model"] = parser.instantiate_classes(Namespace(model=subcommand_config["model"]))["model"]
+        self.config_init = self.parser.instantiate_classes(config)
+        self.datamodule = self._get(self.config_init, "data")
+        self.model = self._get(self.config_init, "model")
+        self._add_configure_optimizers_method_to_model(self.subcommand)
+        self.trainer = self.instantiate_trainer()
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with progress logged as lines in place of Lightning's default bar when output is no terminal."""
+        callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        configured = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        trainer = super().instantiate_trainer(**kwargs)  # it adds Lightning's default bar to the configured list
+        if not sys.stdout.isatty():
+            trainer.callbacks = [
+                ProgressLog() if isinstance(callback, ProgressBar) and callback not in configured else callback
+                for callback in trainer.callbacks
+            ]
+        return trainer
+
+    def _check_ckpt_path(self) -> None:
+        """Refuses, before anything runs, a ``--ckpt_path`` that is not a checkpoint readable without unpickling."""
+        path = self._get(self.config, "ckpt_path")
+        if path is not None and str(path) not in SPECIAL_CHECKPOINTS and not str(path).startswith("registry:"):
+            read_checkpoint(path, "--ckpt_path")
+
+    before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 
 
 def build_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
@@ -64,5 +114,58 @@ def build_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
 
 
 def main(args: ArgsType = None) -> None:
-    """Runs the command line; ``args`` replaces ``sys.argv[1:]`` (used by in-process tests)."""
-    build_cli(args)
+    """Runs the command line; ``args`` replaces ``sys.argv[1:]`` (used by in-process tests).
+
+    An error in what the run was given (a file, an option, an attribute) ends it with one line on standard error
+    and exit status 2; any other error keeps its traceback.
+    """
+    try:
+        build_cli(args)
+    except Exception as error:
+        message = configuration_error(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(CONFIGURATION_ERROR) from None
+
+
+def configuration_error(error: BaseException) -> str | None:
+    """The message of an error in what the user gave, or ``None`` for anything else (a bug keeps its traceback).
+
+    Such errors are the package's own ``ValueError`` and ``OSError`` (raised where an option, file or attribute is
+    checked), also when the config parser wraps them, and the parser's interpolation errors.
+    """
+    while error is not None:
+        if isinstance(error, OmegaConfBaseException) and getattr(error, "full_key", None):
+            return _interpolation_message(error)
+        if isinstance(error, (ValueError, OSError)) and _raised_in(error, PACKAGE_DIR):
+            return str(error)
+        if not _raised_in(error, JSONARGPARSE_DIR):
+            return None
+        error = error.__cause__
+    return None
+
+
+def _raised_in(error: BaseException, folder: Path) -> bool:
+    """Whether the innermost Python frame of ``error``'s traceback is in a file under ``folder``."""
+    traceback = error.__traceback__
+    if traceback is None:
+        return False
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    return Path(traceback.tb_frame.f_code.co_filename).resolve().is_relative_to(folder)
+
+
+def _interpolation_message(error: OmegaConfBaseException) -> str:
+    """``Option <key> refers to <key>, which is not set`` for an interpolation of a missing key."""
+    option = _config_key(str(error.full_key))
+    resolved = re.search(r"resolved to '([^']+)'", str(error))
+    if resolved is None:
+        return f"Option {option}: {str(error).splitlines()[0]}"
+    return f"Option {option} refers to {_config_key(resolved.group(1))}, which the config does not set"
+
+
+def _config_key(key: str) -> str:
+    """A config key without its subcommand (``test.model.init_args.seed`` -> ``model.init_args.seed``)."""
+    first, _, rest = key.partition(".")
+    return rest if first in ("fit", "validate", "test", "predict") and rest else key

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lightning_fair.classifiers import load_classifier
 from lightning_fair.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +76,7 @@ def test_classifier_fit_then_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     checkpoint = tmp_path / "logs/synthetic_faces/classifier/checkpoints/best.ckpt"
     assert checkpoint.is_file()
     assert (tmp_path / "faces" / "synthetic.json").is_file()
+    assert load_classifier(str(checkpoint)).attributes == ["Male", "Blond_Hair", "Eyeglasses", "Smiling"]
     main(["test", "-c", config, *tiny, f"--ckpt_path={checkpoint}"])
     with (tmp_path / "logs/synthetic_faces/classifier/version_1/metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))

@@ -57,7 +57,8 @@ def test_fit_exports_conditional_ema_model(faces_root: Path, tmp_path: Path) -> 
         not torch.equal(a, b) for a, b in zip(module.ema.module.parameters(), module.unet.parameters(), strict=True)
     )
     record = json.loads((tmp_path / "model" / "lightning_fair.json").read_text())
-    assert record == {"conditioning": {"attribute": "Male", "num_classes": 2, "null_label": 2}, "image_size": 32}
+    conditioning = {"attribute": "Male", "num_classes": 2, "null_label": 2}
+    assert record == {"conditioning": conditioning, "image_size": 32, "center_crop_fraction": 1.0}
     loaded = UNet2DModel.from_pretrained(tmp_path / "model" / "unet")
     assert loaded.config.num_class_embeds == 3
     x, t, labels = torch.randn(2, 3, 32, 32), torch.tensor([10, 500]), torch.tensor([0, 2])

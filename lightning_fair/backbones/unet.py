@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor, nn
 
-from lightning_fair.models import CONDITIONING_FILE, resolve_model_path
+from lightning_fair.models import CONDITIONING_FILE, describe_model, has_diffusers_model, read_json, resolve_model_path
+
+EXPECTED = (
+    "a diffusers UNet2DModel folder (config.json and diffusion_pytorch_model.safetensors) or a pipeline folder "
+    "with one in unet/"
+)
 
 
 @dataclass
@@ -28,6 +32,10 @@ class FrozenUNet(nn.Module):
     Asyrp and Distribution Guidance) together with the skip connections, and :meth:`decode` finishes the
     call from a possibly edited h, so h-space guidance costs one UNet call per step.
 
+    ``lightning_fair.json`` beside the model (written by ``DiffusionPretraining``) records its conditioning and the
+    view of the images it was trained on (``center_crop_fraction``: the side of the centred square crop of the
+    source images, as a fraction of their shorter side); the view is unknown (``None``) without it.
+
     Args:
         path: a local diffusers folder (a pipeline folder with ``unet/`` and ``scheduler/``, or a bare UNet
             folder), or the name of a model shipped with the package.
@@ -37,10 +45,17 @@ class FrozenUNet(nn.Module):
         super().__init__()
         folder = resolve_model_path(path, "diffusion backbone")
         unet_folder = folder / "unet" if (folder / "unet").is_dir() else folder
-        if not (unet_folder / "config.json").is_file():
-            raise FileNotFoundError(f"'{folder}' is not a diffusers UNet folder (no config.json in '{unet_folder}')")
+        if not has_diffusers_model(unet_folder, "UNet2DModel"):
+            what = describe_model(unet_folder)
+            raise ValueError(f"Option 'backbone': '{unet_folder}' is {what}; expected {EXPECTED}")
         self.reference = path
-        self.unet = UNet2DModel.from_pretrained(unet_folder, low_cpu_mem_usage=False)
+        try:
+            self.unet = UNet2DModel.from_pretrained(unet_folder, low_cpu_mem_usage=False)
+        except Exception as error:  # a damaged weights file: the library's message may suggest unsafe loading
+            raise ValueError(
+                f"Option 'backbone': the UNet2DModel in '{unet_folder}' cannot be loaded ({type(error).__name__}); "
+                "its weights file is damaged or does not fit its config.json"
+            ) from None
         config = self.unet.config
         if config.time_embedding_type != "positional" or any(hasattr(b, "skip_conv") for b in self.unet.down_blocks):
             raise ValueError(f"'{folder}': only UNet2DModel with positional time embedding and no skip blocks")
@@ -51,7 +66,10 @@ class FrozenUNet(nn.Module):
             DDPMScheduler.load_config(scheduler_folder) if scheduler_folder.is_dir() else DDPMScheduler().config
         )
         record_file = folder / CONDITIONING_FILE
-        record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+        record = read_json(record_file) if record_file.is_file() else {}
+        if record is None:
+            raise ValueError(f"Option 'backbone': '{record_file}' is not a JSON object")
+        self.center_crop_fraction: float | None = record.get("center_crop_fraction")
         conditioning = record.get("conditioning")
         if config.num_class_embeds is not None and conditioning is None:
             conditioning = {"attribute": None, "num_classes": config.num_class_embeds - 1, "null_label": None}

@@ -136,10 +136,15 @@ class FairnessEvaluator(Callback):
         self.reference.prepare_data()
         dataset = self.reference.dataset(self.reference_split)
         cache = Path(self.cache_dir) if self.cache_dir else self.reference.root / ".cache"
-        return reference_features(self.classifier, dataset, cache)
+        with self.classifier.inputs_from(self.reference.center_crop_fraction, f"the images of '{self.reference.root}'"):
+            return reference_features(self.classifier, dataset, cache)
 
     def _start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.classifier.to(pl_module.device)
+        backbone = pl_module.backbone
+        self.classifier.expect_inputs(
+            backbone.center_crop_fraction, f"the images of the backbone '{backbone.reference}'"
+        )
         if self.reference is not None and "quality" not in self.metrics:
             # Computed once, by one process: every process then holds the very same reference features.
             features = self._reference_features() if trainer.is_global_zero else None

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -13,7 +17,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
-from torchvision.transforms.v2.functional import gaussian_blur
+from torchvision.transforms.v2.functional import center_crop, gaussian_blur
+
+from lightning_fair.data.base import VIEW_TOLERANCE, AttributeDataModule
+from lightning_fair.models import read_json
 
 
 class AttributeClassifier(LightningModule):
@@ -24,6 +31,12 @@ class AttributeClassifier(LightningModule):
     serve as the feature space of the ``fid_cls``/``kid_cls`` metrics. Training adds Gaussian noise and
     blur to a random part of each batch so that imperfect generated samples are labelled reliably.
 
+    The classifier carries the view it was trained on: ``center_crop_fraction``, the side of the centred square
+    crop of the source images as a fraction of their shorter side (read from the training DataModule at ``fit``),
+    and ``image_size``. Whoever feeds it declares the view of its images with :meth:`expect_inputs`; every image
+    is then cropped to the classifier's view and resized before it is classified, or refused when that cannot be
+    done (the images show less than the classifier saw, or their view is unknown and the classifier saw a crop).
+
     Args:
         attributes: attribute names, in the order of the batch's ``attributes`` columns.
         num_classes: classes per attribute (one number for all, or one per attribute).
@@ -31,6 +44,8 @@ class AttributeClassifier(LightningModule):
         weights: optional local file of timm weights to start from (never downloaded). Only used to
             initialise training: checkpoints hold the trained weights.
         image_size: input resolution; images of another size are resized to it.
+        center_crop_fraction: the view of the source images it was trained on (``None``: taken from the training
+            data at ``fit``; a classifier never fitted on such data is taken to have seen whole images).
         learning_rate: AdamW learning rate (one-cycle schedule over the run).
         weight_decay: AdamW weight decay.
         augment_probability: fraction of each training batch that gets noise, and independently blur.
@@ -45,6 +60,7 @@ class AttributeClassifier(LightningModule):
         model_name: str = "regnetx_002",
         weights: str | None = None,
         image_size: int = 32,
+        center_crop_fraction: float | None = None,
         learning_rate: float = 3e-3,
         weight_decay: float = 0.05,
         augment_probability: float = 0.5,
@@ -59,11 +75,26 @@ class AttributeClassifier(LightningModule):
             )
         if min(classes, default=2) < 2:
             raise ValueError(f"Option 'num_classes' must be at least 2 per attribute, got {classes}")
+        positive = {"image_size": image_size, "learning_rate": learning_rate}
+        if center_crop_fraction is not None:
+            positive["center_crop_fraction"] = center_crop_fraction
+        non_negative = {"weight_decay": weight_decay, "max_noise_std": max_noise_std, "max_blur_sigma": max_blur_sigma}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"Option '{name}' must be positive, got {value}")
+        for name, value in non_negative.items():
+            if not value >= 0:
+                raise ValueError(f"Option '{name}' must be non-negative, got {value}")
+        if not 0 <= augment_probability <= 1:
+            raise ValueError(f"Option 'augment_probability' must lie in [0, 1], got {augment_probability}")
         self.save_hyperparameters()
         # The weights file only initialises training; a checkpoint must load without it.
         self.hparams["weights"] = None
         self.attributes = list(attributes)
         self.num_classes = classes
+        self.reference: str | None = None  # where it was loaded from (set by load_classifier), for messages
+        self.input_crop_fraction: float | None = None
+        self.input_source = "the given images (declare it with expect_inputs)"
         self.backbone = self._build_backbone(model_name, weights)
         self.heads = nn.ModuleDict(
             {
@@ -100,12 +131,37 @@ class AttributeClassifier(LightningModule):
         for name in ("config.json", "model.safetensors"):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"'{folder}' is not an attribute-classifier folder: missing {name}")
-        classifier = cls(**json.loads((folder / "config.json").read_text()))
-        state = {
-            name: tensor.float() if tensor.is_floating_point() else tensor
-            for name, tensor in load_file(folder / "model.safetensors").items()
-        }
-        classifier.load_state_dict(state)
+        options = read_json(folder / "config.json")
+        if options is None:
+            raise ValueError(f"'{folder / 'config.json'}' is not a JSON object")
+        try:
+            state = load_file(folder / "model.safetensors")
+        except Exception as error:  # a damaged file: the library's message does not name it
+            raise ValueError(f"'{folder / 'model.safetensors'}' cannot be read ({type(error).__name__})") from None
+        return cls.from_state(options, state, f"'{folder}'")
+
+    @classmethod
+    def from_state(cls, options: dict[str, Any], state: dict[str, Tensor], source: str) -> AttributeClassifier:
+        """A classifier (in eval mode) from its constructor options and weights, read from ``source`` (for errors).
+
+        Options starting with ``_`` (what the command line adds, e.g. ``_class_path``) are left out.
+        """
+        options = {name: value for name, value in options.items() if not name.startswith("_")}
+        unknown = sorted(set(options) - set(inspect.signature(cls).parameters))
+        if "attributes" not in options or unknown:
+            raise ValueError(
+                f"{source} does not hold the options of an AttributeClassifier (no 'attributes', or unknown ones: "
+                f"{unknown})"
+            )
+        classifier = cls(**options)
+        state = {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
+        try:
+            classifier.load_state_dict(state)
+        except RuntimeError as error:
+            raise ValueError(
+                f"The weights in {source} do not fit its options (model_name {options.get('model_name')!r}, "
+                f"attributes {options['attributes']})"
+            ) from error
         return classifier.eval()
 
     @staticmethod
@@ -133,21 +189,79 @@ class AttributeClassifier(LightningModule):
         """Size of the penultimate features."""
         return int(self.backbone.num_features)
 
-    def attribute_index(self, name: str) -> int:
-        """Position of an attribute among the heads, or a ``ValueError`` listing the known names."""
+    @property
+    def description(self) -> str:
+        """How messages name it: ``the attribute classifier '<where it was loaded from>'``."""
+        return f"the attribute classifier '{self.reference}'" if self.reference else "the attribute classifier"
+
+    def attribute_index(self, name: str, option: str | None = None) -> int:
+        """Position of an attribute among the heads, or a ``ValueError`` naming ``option`` and the known names."""
         if name not in self.attributes:
-            raise ValueError(f"The classifier has no attribute {name!r}; it predicts {self.attributes}")
+            prefix = f"Option '{option}': " if option else ""
+            raise ValueError(
+                _sentence(f"{prefix}{self.description} has no attribute {name!r}; it predicts {self.attributes}")
+            )
         return self.attributes.index(name)
 
-    def _resize(self, images: Tensor) -> Tensor:
+    @property
+    def center_crop_fraction(self) -> float:
+        """The view it was trained on: side of the centred square crop over the source images' shorter side."""
+        return self.hparams["center_crop_fraction"] or 1.0
+
+    def expect_inputs(self, crop_fraction: float | None, source: str) -> None:
+        """Declares the view of the images it will be given from now on.
+
+        Args:
+            crop_fraction: side of the centred square crop of their source images that the images show, as a
+                fraction of the source's shorter side (1: the whole shorter side); ``None`` if unknown.
+            source: where the images come from, for error messages (e.g. ``"the images of the backbone 'x'"``).
+
+        Raises:
+            ValueError: if the images show less than the classifier was trained on, or their view is unknown while
+                the classifier was trained on a crop.
+        """
+        trained = (
+            f"{self.description} was trained on a centre crop of {self.center_crop_fraction:.4g} of its source images"
+        )
+        if crop_fraction is None and self.center_crop_fraction < 1 - VIEW_TOLERANCE:
+            raise ValueError(
+                _sentence(
+                    f"{trained}, but the view of {source} is unknown: record it as 'center_crop_fraction' (1 for "
+                    "uncropped images) in the backbone's lightning_fair.json, or use a classifier of uncropped images"
+                )
+            )
+        if crop_fraction is not None and self.center_crop_fraction > crop_fraction * (1 + VIEW_TOLERANCE):
+            raise ValueError(
+                _sentence(f"{trained}, but {source} show only {crop_fraction:.4g} of theirs (a narrower view)")
+            )
+        self.input_crop_fraction = crop_fraction
+        self.input_source = source
+
+    @contextmanager
+    def inputs_from(self, crop_fraction: float | None, source: str) -> Iterator[AttributeClassifier]:
+        """Within the block, expects images of another view (see :meth:`expect_inputs`); then the previous one."""
+        previous = self.input_crop_fraction, self.input_source
+        self.expect_inputs(crop_fraction, source)
+        try:
+            yield self
+        finally:
+            self.input_crop_fraction, self.input_source = previous
+
+    def to_view(self, images: Tensor) -> Tensor:
+        """Images in [-1, 1] of the view declared by :meth:`expect_inputs`, cropped and resized to its own view."""
+        self.expect_inputs(self.input_crop_fraction, self.input_source)
+        relative = self.center_crop_fraction / (self.input_crop_fraction or 1.0)
+        if relative < 1 - VIEW_TOLERANCE:
+            side = max(1, round(relative * min(images.shape[-2:])))
+            images = center_crop(images, [side, side])
         size = self.hparams["image_size"]
         if images.shape[-2:] != (size, size):
             images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         return images
 
     def features(self, images: Tensor) -> Tensor:
-        """Penultimate features, shape ``(B, feature_dim)``, of images in [-1, 1]."""
-        return self.backbone(self._resize(images))
+        """Penultimate features, shape ``(B, feature_dim)``, of images in [-1, 1] (see :meth:`to_view`)."""
+        return self.backbone(self.to_view(images))
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """Logits per attribute of images in [-1, 1]."""
@@ -161,6 +275,34 @@ class AttributeClassifier(LightningModule):
     def predict(self, images: Tensor) -> Tensor:
         """Predicted class per attribute, shape ``(B, A)`` in the order of ``attributes``."""
         return torch.stack([logits.argmax(dim=-1) for logits in self(images).values()], dim=1)
+
+    def setup(self, stage: str) -> None:
+        """Takes the data's view as its own unless recorded, refuses another one in ``fit``, expects it as input."""
+        data = self.trainer.datamodule
+        if not isinstance(data, AttributeDataModule):
+            return
+        view, recorded = data.center_crop_fraction, self.hparams["center_crop_fraction"]
+        if recorded is None:
+            self.hparams["center_crop_fraction"] = view
+        elif stage == "fit" and abs(recorded - view) > VIEW_TOLERANCE * view:
+            raise ValueError(
+                f"Option 'center_crop_fraction' ({recorded}) differs from the view of the training data in "
+                f"'{data.root}' ({view:.4g}: center_crop {data.center_crop}); leave it unset to take the data's"
+            )
+        self.expect_inputs(view, f"the images of '{data.root}'")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Takes the view its weights were trained on from the checkpoint (a config does not know it)."""
+        recorded = checkpoint.get("hyper_parameters", {}).get("center_crop_fraction")
+        if recorded is None:
+            return
+        resumed = self._trainer is not None and self._trainer.state.fn == "fit"
+        if resumed and abs(recorded - self.center_crop_fraction) > VIEW_TOLERANCE * recorded:
+            raise ValueError(
+                f"The checkpoint was trained on a centre crop of {recorded:.4g} of the source images but the training "
+                f"data shows {self.center_crop_fraction:.4g}: set the data's center_crop back to continue it"
+            )
+        self.hparams["center_crop_fraction"] = recorded
 
     def augment(self, images: Tensor) -> Tensor:
         """Adds noise and blur to random parts of a batch (the robustness augmentation of training)."""
@@ -226,3 +368,8 @@ class AttributeClassifier(LightningModule):
             pct_start=0.15,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _sentence(text: str) -> str:
+    """``text`` with a capital first letter (the rest untouched: it may hold paths)."""
+    return text[:1].upper() + text[1:]

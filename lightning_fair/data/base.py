@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import os
 from abc import ABC, abstractmethod
+from functools import cached_property
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
+from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
@@ -18,6 +22,18 @@ from lightning_fair.data.epochs import EpochItems, EpochLoader, EpochSampler, re
 from lightning_fair.data.resampling import group_ids, resample_to_ratio
 from lightning_fair.data.synthetic.base import SyntheticDataset
 from lightning_fair.data.table import SPLIT_CODES, AttributeTable
+
+VIEW_TOLERANCE = 1e-3  # crop fractions (views of the source images) this close are the same view
+MAX_AUTO_WORKERS = 8
+
+
+def available_workers(processes: int = 1) -> int:
+    """Data-loading workers per process that suit this machine, at most 8.
+
+    The usable CPU cores are shared among the ``processes`` running on the machine, each keeping one for itself.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(MAX_AUTO_WORKERS, cores // max(1, processes) - 1))
 
 
 class AttributeDataModule(LightningDataModule, ABC):
@@ -34,9 +50,11 @@ class AttributeDataModule(LightningDataModule, ABC):
         target: optional content attribute that must stay independent of ``sensitive``.
         image_size: side of the square images fed to the model.
         center_crop: side of a center crop applied before resizing (e.g. 140 for aligned CelebA).
-        batch_size: training batch size.
+        batch_size: training batch size (a last train batch of a single image is dropped: BatchNorm cannot train
+            on it).
         eval_batch_size: val/test batch size (default: ``batch_size``).
-        num_workers: data loading processes.
+        num_workers: data loading processes; ``auto``: the usable CPU cores shared among the processes of the
+            machine, less one for each process, at most 8.
         train_group_ratio: subsample the train split so that (target, sensitive) groups follow this ratio,
             groups in target-major order, e.g. ``[1, 2, 2, 1]`` for (t0,s0), (t0,s1), (t1,s0), (t1,s1).
         max_samples_per_split: keep at most this many images of each split (a seeded random subset).
@@ -59,7 +77,7 @@ class AttributeDataModule(LightningDataModule, ABC):
         center_crop: int | None = None,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | Literal["auto"] = "auto",
         train_group_ratio: list[float] | None = None,
         max_samples_per_split: int | None = None,
         horizontal_flip: bool = True,
@@ -87,9 +105,13 @@ class AttributeDataModule(LightningDataModule, ABC):
                 f"Option 'synthetic' writes the {synthetic.format!r} format but {type(self).__name__} "
                 f"reads {self.format!r}"
             )
-        for name, value in [("image_size", image_size), ("batch_size", batch_size)]:
-            if value < 1:
+        sizes = {"image_size": image_size, "batch_size": batch_size, "eval_batch_size": eval_batch_size}
+        sizes.update(center_crop=center_crop, max_samples_per_split=max_samples_per_split)
+        for name, value in sizes.items():
+            if value is not None and value < 1:
                 raise ValueError(f"Option '{name}' must be positive, got {value}")
+        if num_workers != "auto" and not (isinstance(num_workers, int) and num_workers >= 0):
+            raise ValueError(f"Option 'num_workers' must be 'auto' or a non-negative number, got {num_workers!r}")
         self.save_hyperparameters(ignore=["synthetic"])
         self.root = Path(root).expanduser()
         self.attributes = list(attributes)
@@ -179,6 +201,25 @@ class AttributeDataModule(LightningDataModule, ABC):
                 lines.append(f"  {prefix}{self.sensitive}={sensitive_class}: {count} ({count / total:.1%})")
         return "\n".join(lines)
 
+    @cached_property
+    def center_crop_fraction(self) -> float:
+        """The view of the source images it loads: the side of the centred square kept, over their shorter side.
+
+        1 without ``center_crop`` (the transform keeps the centred square of the shorter side); with it,
+        ``center_crop`` over the shorter side of the dataset's first image (a dataset such as CelebA has one size).
+        """
+        if self.center_crop is None:
+            return 1.0
+        path = self.table.image_paths[0]
+        with Image.open(path) as image:
+            side = min(image.size)
+        if self.center_crop > side:
+            raise ValueError(
+                f"Option 'center_crop' ({self.center_crop}) is larger than the shorter side of the images ({side} "
+                f"pixels in '{path}'): the crop would pad them with black"
+            )
+        return self.center_crop / side
+
     def transform(self, train: bool) -> v2.Compose:
         """The image transform of a split: crop, resize, optional flip, scaling to [-1, 1]."""
         steps: list[torch.nn.Module] = [v2.PILToTensor()]
@@ -218,10 +259,11 @@ class AttributeDataModule(LightningDataModule, ABC):
             self.dataset("test")
 
     def _loader(self, split: str) -> DataLoader:
-        workers = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+        workers = {"num_workers": self.workers, "persistent_workers": self.workers > 0}
         if split == "train":
             items, sampler = self._train_order(self.dataset(split))
-            return EpochLoader(items, batch_size=self.batch_size, sampler=sampler, **workers)
+            drop_last = self._single_image_last_batch(len(items))
+            return EpochLoader(items, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last, **workers)
         return DataLoader(self.dataset(split), batch_size=self.eval_batch_size, **workers)
 
     def _train_order(self, dataset: AttributeImageDataset) -> tuple[EpochItems, EpochSampler]:
@@ -231,6 +273,24 @@ class AttributeDataModule(LightningDataModule, ABC):
         items = EpochItems(dataset, self.seed)
         num_replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         return items, EpochSampler(items, num_replicas, rank, self.seed, epoch, skip=batches_done * self.batch_size)
+
+    @property
+    def workers(self) -> int:
+        """Data-loading processes of each loader (``num_workers``, with ``auto`` resolved for this machine)."""
+        if self.num_workers != "auto":
+            return self.num_workers
+        return available_workers(self.trainer.num_devices if self.trainer is not None else 1)
+
+    def _single_image_last_batch(self, num_images: int) -> bool:
+        """Whether each process's last train batch holds one image (dropped: BatchNorm cannot train on it)."""
+        processes = self.trainer.world_size if self.trainer is not None else 1
+        per_process = math.ceil(num_images / processes)
+        if per_process < 2:
+            raise ValueError(
+                f"The train split of '{self.root}' has {num_images} image(s): too few to train on {processes} "
+                "process(es), each batch needs at least 2"
+            )
+        return per_process % self.batch_size == 1
 
     def train_dataloader(self) -> DataLoader:
         """Train split, shuffled anew every epoch (see :class:`~lightning_fair.data.epochs.EpochSampler`)."""

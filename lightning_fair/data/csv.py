@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.data.table import AttributeTable, read_csv_table, require_files
 
@@ -25,7 +27,8 @@ class AttributeCSVDataModule(AttributeDataModule):
         center_crop: side of a center crop applied before resizing.
         batch_size: training batch size.
         eval_batch_size: val/test batch size (default: ``batch_size``).
-        num_workers: data loading processes.
+        num_workers: data loading processes; ``auto``: the usable CPU cores shared among the processes of the
+            machine, less one for each process, at most 8.
         train_group_ratio: subsample the train split to this (target, sensitive) group ratio.
         max_samples_per_split: keep at most this many images of each split.
         horizontal_flip: random horizontal flips on the train split.
@@ -48,7 +51,7 @@ class AttributeCSVDataModule(AttributeDataModule):
         center_crop: int | None = None,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | Literal["auto"] = "auto",
         train_group_ratio: list[float] | None = None,
         max_samples_per_split: int | None = None,
         horizontal_flip: bool = True,

@@ -11,6 +11,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
 from lightning_fair.backbones import FrozenUNet
+from lightning_fair.data.base import VIEW_TOLERANCE, AttributeDataModule
 from lightning_fair.data.generated import as_stored
 from lightning_fair.diffusion import DiffusionSampler, SamplerConfig, SamplingState
 from lightning_fair.utils import distributed  # noqa: F401  (registers the DDP strategy that fits calibrations)
@@ -70,6 +71,33 @@ class DebiasingMethod(LightningModule):
 
     def configure_modules(self) -> None:
         """Builds the method's trainable modules (none by default)."""
+
+    def setup(self, stage: str) -> None:
+        """Checks, before any step, that the real images of ``fit``/``validate`` fit the backbone."""
+        data = self.image_data() if stage in ("fit", "validate") else None
+        if data is None:
+            return
+        channels, height, width = self.backbone.image_shape
+        where = f"the training images of '{data.root}'"
+        if (height, width) != (data.image_size, data.image_size) or channels != 3:
+            raise ValueError(
+                f"Option 'image_size' of {where} is {data.image_size} (3x{data.image_size}x{data.image_size} "
+                f"images) but the backbone '{self.backbone.reference}' works on {channels}x{height}x{width} images: "
+                f"set the data's image_size to {height}"
+            )
+        crop, trained = data.center_crop_fraction, self.backbone.center_crop_fraction
+        if trained is not None and abs(crop - trained) > VIEW_TOLERANCE * trained:
+            raise ValueError(
+                f"Option 'center_crop' of {where} ({data.center_crop}) keeps {crop:.4g} of the source images' shorter "
+                f"side but the backbone '{self.backbone.reference}' was trained on {trained:.4g} of it: set the "
+                "data's center_crop to match"
+            )
+
+    def image_data(self) -> AttributeDataModule | None:
+        """The DataModule of the real images ``fit``/``validate`` read (``train_data`` of generation requests)."""
+        data = self.trainer.datamodule
+        data = getattr(data, "train_data", data)
+        return data if isinstance(data, AttributeDataModule) else None
 
     @property
     def needs_fit(self) -> bool:
@@ -153,16 +181,45 @@ class DebiasingMethod(LightningModule):
         checkpoint["lightning_fair"] = {"method": type(self).__name__, "backbone": self.hparams["backbone"]}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuses another method's checkpoint and puts back the frozen modules loaded from their references."""
+        """Refuses another method's checkpoint or other modules; puts back the frozen modules from their references."""
         saved = checkpoint.get("lightning_fair", {}).get("method")
-        if saved is not None and saved != type(self).__name__:
-            raise ValueError(f"The checkpoint was written by {saved}, not by {type(self).__name__}")
+        if saved != type(self).__name__:
+            writer = f"by {saved}" if saved else "by no debiasing method (it has no 'lightning_fair' record)"
+            raise ValueError(f"{self._checkpoint_name()} was written {writer}, not by {type(self).__name__}")
+        self._check_modules_fit(checkpoint)
         frozen_state = {
             f"{name}.{key}": value
             for name in self.frozen_names
             for key, value in getattr(self, name).state_dict().items()
         }
         checkpoint["state_dict"] = {**checkpoint["state_dict"], **frozen_state}
+
+    def _checkpoint_name(self) -> str:
+        path = self._trainer.ckpt_path if self._trainer is not None else None
+        return f"The checkpoint '{path}'" if path else "The checkpoint"
+
+    def _check_modules_fit(self, checkpoint: dict[str, Any]) -> None:
+        """Refuses a checkpoint whose trainable modules differ from the configured ones, naming differing options."""
+        prefixes = self._frozen_prefixes()
+        configured = {key: value.shape for key, value in self.state_dict().items() if not key.startswith(prefixes)}
+        stored = {key: value.shape for key, value in checkpoint["state_dict"].items()}
+        if stored == configured:
+            return
+        saved, current = _flatten(checkpoint.get("hyper_parameters", {})), _flatten(dict(self.hparams))
+        differences = [
+            f"model.init_args.{key} is {saved.get(key)!r} in the checkpoint and {current.get(key)!r} here"
+            for key in sorted(saved.keys() | current.keys())
+            if saved.get(key) != current.get(key) and not key.startswith("_")  # "_class_path": the CLI's own
+        ]
+        if not differences:
+            unlike = sorted(key for key in stored.keys() | configured.keys() if stored.get(key) != configured.get(key))
+            differences = [
+                f"its {unlike[0]} is {stored.get(unlike[0])} and the configured one {configured.get(unlike[0])}"
+            ]
+        raise ValueError(
+            f"{self._checkpoint_name()} does not fit this {type(self).__name__}: {'; '.join(differences)}. Set the "
+            "options back to the checkpoint's values to use it, or run `fit` again with the new ones"
+        )
 
 
 def method_registry() -> dict[str, type[DebiasingMethod]]:
@@ -177,3 +234,14 @@ def method_registry() -> dict[str, type[DebiasingMethod]]:
                 raise ValueError(f"Two methods are named {cls.name!r}: {registry[cls.name]} and {cls}")
             registry[cls.name] = cls
     return registry
+
+
+def _flatten(options: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested options as one level of dotted keys, e.g. ``{"sampler.num_inference_steps": 25}``."""
+    flat: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

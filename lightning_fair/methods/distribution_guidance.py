@@ -101,11 +101,12 @@ class HSpaceGuidance(DebiasingMethod):
             raise ValueError("Option 'target_distributions' must name at least one attribute")
         if options["h_source"] not in ("noised", "inversion"):
             raise ValueError(f"Option 'h_source' must be 'noised' or 'inversion', got {options['h_source']!r}")
-        if options["temperature"] <= 0:
-            raise ValueError(f"Option 'temperature' must be positive, got {options['temperature']}")
+        self._check_numbers()
         self.add_frozen("classifier", load_classifier(options["classifier"]))
         self.attributes = list(options["target_distributions"])
-        self.attribute_columns = [self.classifier.attribute_index(name) for name in self.attributes]
+        self.attribute_columns = [
+            self.classifier.attribute_index(name, "target_distributions") for name in self.attributes
+        ]
         self.targets = {
             name: validate_distribution(
                 distribution, self.classifier.num_classes[column], f"target_distributions.{name}"
@@ -128,15 +129,46 @@ class HSpaceGuidance(DebiasingMethod):
         self.val_accuracy = nn.ModuleDict({name: GroupedAccuracy(len(timesteps)) for name in self.attributes})
         self.accuracy_table: dict[str, list[float]] = {}
 
+    def setup(self, stage: str) -> None:
+        """Checks the training images against the backbone and tells the classifier their view."""
+        super().setup(stage)
+        if stage in ("fit", "validate"):
+            data = self.image_data()
+            if data is None:
+                self.classifier.expect_inputs(self.backbone.center_crop_fraction, "the training images")
+            else:
+                self.classifier.expect_inputs(data.center_crop_fraction, f"the training images of '{data.root}'")
+
+    def _check_numbers(self) -> None:
+        """Refuses numeric options outside their range (a negative scale would push away from the target)."""
+        options = self.hparams
+        positive = ["temperature", "hidden_features", "learning_rate"]
+        non_negative = ["loss_weight", "step_size", "beta_exponent", "weight_decay"]
+        for name in positive:
+            if not options[name] > 0:
+                raise ValueError(f"Option '{name}' must be positive, got {options[name]}")
+        for name in non_negative:
+            if not options[name] >= 0:
+                raise ValueError(f"Option '{name}' must be non-negative, got {options[name]}")
+        steps = len(self.sampler.timesteps)
+        if not 0 <= options["first_guided_step"] < steps:
+            raise ValueError(
+                f"Option 'first_guided_step' must lie in 0..{steps - 1} (the sampler's num_inference_steps is "
+                f"{steps}: a later first step guides nothing), got {options['first_guided_step']}"
+            )
+
     def _per_attribute_scales(self, scale: float | dict[str, float]) -> dict[str, float]:
-        """``guidance_scale`` as one value per guided attribute; a dict must name exactly those attributes."""
+        """``guidance_scale`` as one non-negative value per guided attribute; a dict must name exactly those."""
         if not isinstance(scale, dict):
-            return dict.fromkeys(self.attributes, float(scale))
-        if set(scale) != set(self.attributes):
+            scale = dict.fromkeys(self.attributes, scale)
+        elif set(scale) != set(self.attributes):
             raise ValueError(
                 f"Option 'guidance_scale' must give one scale per attribute of 'target_distributions' "
                 f"{self.attributes}, got {sorted(scale)}"
             )
+        for name, value in scale.items():
+            if not value >= 0:
+                raise ValueError(f"Option 'guidance_scale' must be non-negative, got {value} for {name!r}")
         return {name: float(scale[name]) for name in self.attributes}
 
     def _h_shape(self) -> tuple[int, ...]:

@@ -44,6 +44,8 @@ class ConditionalSampling(DebiasingMethod):
         target_distribution: list[float] | None = None,
         guidance_scale: float = 1.0,
     ) -> None:
+        if not guidance_scale >= 0:
+            raise ValueError(f"Option 'guidance_scale' must be non-negative, got {guidance_scale}")
         super().__init__(backbone=backbone, sampler=sampler, seed=seed)
         self.backbone.require_conditioning(type(self).__name__, null_label=guidance_scale != 1.0)
         self.target_distribution = validate_distribution(

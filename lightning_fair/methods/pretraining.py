@@ -17,6 +17,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
+from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.data.epochs import training_generators
 from lightning_fair.diffusion.seeding import NOISE_STREAM, per_sample_randn, sample_generators
 from lightning_fair.models import CONDITIONING_FILE, resolve_model_path
@@ -220,9 +221,11 @@ class DiffusionPretraining(LightningModule):
             self.export(self.hparams["output_dir"])
 
     def export(self, output_dir: str | Path, weights: Literal["ema", "raw"] = "ema") -> Path:
-        """Writes the EMA (or raw) UNet, the noise scheduler and the conditioning record into ``output_dir``.
+        """Writes the EMA (or raw) UNet, the noise scheduler and the record into ``output_dir``, atomically.
 
-        The folder is replaced atomically.
+        The record (``lightning_fair.json``) holds the conditioning and the view of the training images
+        (``center_crop_fraction`` of the training DataModule; ``null`` when the model was not fitted on one), which
+        tells classifiers how to crop generated images to their own view.
         """
         if weights not in ("ema", "raw"):
             raise ValueError(f"'weights' must be 'ema' or 'raw', got {weights!r}")
@@ -246,7 +249,13 @@ class DiffusionPretraining(LightningModule):
                     "num_classes": self.null_label,
                     "null_label": self.null_label,
                 }
-            record = {"conditioning": conditioning, "image_size": self.hparams["image_size"]}
+            data = self._trainer.datamodule if self._trainer is not None else None
+            view = data.center_crop_fraction if isinstance(data, AttributeDataModule) else None
+            record = {
+                "conditioning": conditioning,
+                "image_size": self.hparams["image_size"],
+                "center_crop_fraction": view,
+            }
             (staging / CONDITIONING_FILE).write_text(json.dumps(record, indent=2) + "\n")
             if output_dir.exists():
                 shutil.rmtree(output_dir)

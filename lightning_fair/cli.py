@@ -12,6 +12,7 @@ from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf.errors import OmegaConfBaseException
 
 import lightning_fair  # the submodule imports below register the classes for short names in configs
@@ -21,6 +22,7 @@ import lightning_fair.data
 import lightning_fair.methods
 from lightning_fair.callbacks.progress_log import ProgressLog
 from lightning_fair.models import read_checkpoint
+from lightning_fair.utils.preemption import TERMINATED_EXIT_STATUS
 
 CONFIGURATION_ERROR = 2  # exit status of a run refused for what it was given (as for a command-line error)
 SPECIAL_CHECKPOINTS = ("last", "best", "hpc", "registry")
@@ -117,10 +119,14 @@ def main(args: ArgsType = None) -> None:
     """Runs the command line; ``args`` replaces ``sys.argv[1:]`` (used by in-process tests).
 
     An error in what the run was given (a file, an option, an attribute) ends it with one line on standard error
-    and exit status 2; any other error keeps its traceback.
+    and exit status 2; any other error keeps its traceback. A run stopped by SIGTERM (after the batch in progress,
+    everything written so far complete) ends with status 143, as a process killed by the signal would, so that a
+    stopped run is never taken for a finished one (Lightning's ``fit`` would exit with 0).
     """
     try:
         build_cli(args)
+    except SIGTERMException as stop:
+        raise SystemExit(stop.code or TERMINATED_EXIT_STATUS) from None
     except Exception as error:
         message = configuration_error(error)
         if message is None:

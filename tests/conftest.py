@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lightning_fair.classifiers import AttributeClassifier
+from lightning_fair.cli import main
 from lightning_fair.data import SyntheticFaces, SyntheticWaterbirds
 from lightning_fair.methods import DiffusionPretraining
 
@@ -98,3 +99,22 @@ def generation_config(tiny_backbone: Path, tiny_classifier: Path, faces_root: Pa
         return path
 
     return write
+
+
+@pytest.fixture
+def cli_error(capsys: pytest.CaptureFixture[str]) -> Callable[[list[str]], str]:
+    """Runs the command line, checks it ends with exit status 2 and one error line, no traceback; returns the line."""
+
+    def run(args: list[str]) -> str:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2
+        stderr = capsys.readouterr().err
+        assert "Traceback" not in stderr
+        assert "weights_only=False" not in stderr
+        lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1, stderr
+        return lines[0]
+
+    return run

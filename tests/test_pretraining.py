@@ -12,7 +12,7 @@ from diffusers.training_utils import EMAModel
 from lightning.pytorch import Trainer
 
 from lightning_fair.data import CelebADataModule
-from lightning_fair.data.epochs import training_generators
+from lightning_fair.diffusion.seeding import training_generators
 from lightning_fair.methods import DiffusionPretraining
 from lightning_fair.methods.pretraining import ema_decay
 

@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning_fair.callbacks import FairnessEvaluator
 from lightning_fair.callbacks.progress_log import ProgressLog
 from lightning_fair.classifiers import AttributeClassifier, load_classifier
-from lightning_fair.cli import build_cli, configuration_error, main
+from lightning_fair.cli import build_cli, configuration_error
 from lightning_fair.data import CelebADataModule, GenerationRequests
 from lightning_fair.data.base import available_workers
 from lightning_fair.methods import ConditionalSampling, DiffusionPretraining, DistributionGuidance
@@ -102,44 +102,31 @@ def random_file(tmp_path: Path) -> Path:
     return path
 
 
-def error_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """Runs the command line; checks it ends with exit status 2 and one error line, no traceback; returns it."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    stderr = capsys.readouterr().err
-    assert "Traceback" not in stderr
-    assert "weights_only=False" not in stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1
-    return lines[0]
-
-
 # ------------------------------------------------------------------------------------------- models and checkpoints
 
 
-def test_config_only_folder_as_backbone(dg: Path, tmp_path: Path, tiny_backbone: Path, capsys) -> None:
+def test_config_only_folder_as_backbone(dg: Path, tmp_path: Path, tiny_backbone: Path, cli_error) -> None:
     folder = tmp_path / "config_only"
     folder.mkdir()
     shutil.copy(tiny_backbone / "unet" / "config.json", folder)
-    line = error_line(["test", "-c", str(dg), f"--model.init_args.backbone={folder}"], capsys)
+    line = cli_error(["test", "-c", str(dg), f"--model.init_args.backbone={folder}"])
     assert line == (
         f"error: Option 'backbone': '{folder}' is a diffusers UNet2DModel folder with config.json only, no weights "
         f"file; {UNET_EXPECTED}"
     )
 
 
-def test_classifier_folder_as_backbone(dg: Path, tiny_classifier: Path, capsys) -> None:
-    line = error_line(["test", "-c", str(dg), f"--model.init_args.backbone={tiny_classifier}"], capsys)
+def test_classifier_folder_as_backbone(dg: Path, tiny_classifier: Path, cli_error) -> None:
+    line = cli_error(["test", "-c", str(dg), f"--model.init_args.backbone={tiny_classifier}"])
     assert line == (
         f"error: Option 'backbone': '{tiny_classifier}' is an attribute-classifier folder (model.safetensors); "
         f"{UNET_EXPECTED}"
     )
 
 
-def test_missing_classifier_hint_fits_a_classifier(dg: Path, tmp_path: Path, capsys) -> None:
+def test_missing_classifier_hint_fits_a_classifier(dg: Path, tmp_path: Path, cli_error) -> None:
     missing = tmp_path / "no_classifier"
-    line = error_line(["test", "-c", str(dg), f"--model.init_args.classifier={missing}"], capsys)
+    line = cli_error(["test", "-c", str(dg), f"--model.init_args.classifier={missing}"])
     assert line.startswith(f"error: No attribute classifier at '{missing}' and no shipped model named '{missing}'")
     assert line.endswith(
         "Models are never downloaded: train one with `lightning-fair fit -c configs/<dataset>/classifier.yaml`, "
@@ -147,13 +134,13 @@ def test_missing_classifier_hint_fits_a_classifier(dg: Path, tmp_path: Path, cap
     )
 
 
-def test_random_bytes_as_classifier(dg: Path, random_file: Path, capsys) -> None:
-    line = error_line(["test", "-c", str(dg), f"--model.init_args.classifier={random_file}"], capsys)
+def test_random_bytes_as_classifier(dg: Path, random_file: Path, cli_error) -> None:
+    line = cli_error(["test", "-c", str(dg), f"--model.init_args.classifier={random_file}"])
     assert line == f"error: Option 'classifier': '{random_file}' {UNREADABLE}"
 
 
-def test_random_bytes_as_ckpt_path(dg: Path, random_file: Path, capsys) -> None:
-    line = error_line(["test", "-c", str(dg), f"--ckpt_path={random_file}"], capsys)
+def test_random_bytes_as_ckpt_path(dg: Path, random_file: Path, cli_error) -> None:
+    line = cli_error(["test", "-c", str(dg), f"--ckpt_path={random_file}"])
     assert line == f"error: Option '--ckpt_path': '{random_file}' {UNREADABLE}"
 
 
@@ -171,7 +158,7 @@ def test_checkpoint_of_another_kind_as_classifier(tiny_backbone: Path, tmp_path:
 
 
 def test_checkpoint_with_other_sampler_steps(
-    dg: Path, tiny_backbone: Path, tiny_classifier: Path, tmp_path: Path, capsys
+    dg: Path, tiny_backbone: Path, tiny_classifier: Path, tmp_path: Path, cli_error
 ) -> None:
     method = DistributionGuidance(
         str(tiny_backbone), str(tiny_classifier), {"Male": [0.5, 0.5]}, sampler={"num_inference_steps": 5}
@@ -181,19 +168,19 @@ def test_checkpoint_with_other_sampler_steps(
     checkpoint = tmp_path / "steps5.ckpt"
     trainer.save_checkpoint(checkpoint)
     args = ["test", "-c", str(dg), f"--ckpt_path={checkpoint}", "--model.init_args.sampler.num_inference_steps=25"]
-    assert error_line(args, capsys) == (
+    assert cli_error(args) == (
         f"error: The checkpoint '{checkpoint}' does not fit this DistributionGuidance: "
         "model.init_args.sampler.num_inference_steps is 5 in the checkpoint and 25 here. Set the options back to the "
         "checkpoint's values to use it, or run `fit` again with the new ones"
     )
 
 
-def test_classifier_checkpoint_as_method_checkpoint(dg: Path, tmp_path: Path, capsys) -> None:
+def test_classifier_checkpoint_as_method_checkpoint(dg: Path, tmp_path: Path, cli_error) -> None:
     trainer = Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
     trainer.strategy.connect(AttributeClassifier(["Male"], model_name="test_resnet"))
     checkpoint = tmp_path / "classifier.ckpt"
     trainer.save_checkpoint(checkpoint)
-    assert error_line(["test", "-c", str(dg), f"--ckpt_path={checkpoint}"], capsys) == (
+    assert cli_error(["test", "-c", str(dg), f"--ckpt_path={checkpoint}"]) == (
         f"error: The checkpoint '{checkpoint}' was written by no debiasing method (it has no 'lightning_fair' "
         "record), not by DistributionGuidance"
     )
@@ -215,8 +202,8 @@ def test_damaged_weights_files_are_named(tiny_backbone: Path, tiny_classifier: P
 # ---------------------------------------------------------------------------------------------------- options
 
 
-def test_data_image_size_against_the_backbone(dg: Path, faces_root: Path, tiny_backbone: Path, capsys) -> None:
-    line = error_line(["fit", "-c", str(dg), "--data.init_args.train_data.init_args.image_size=64"], capsys)
+def test_data_image_size_against_the_backbone(dg: Path, faces_root: Path, tiny_backbone: Path, cli_error) -> None:
+    line = cli_error(["fit", "-c", str(dg), "--data.init_args.train_data.init_args.image_size=64"])
     assert line == (
         f"error: Option 'image_size' of the training images of '{faces_root}' is 64 (3x64x64 images) but the "
         f"backbone '{tiny_backbone}' works on 3x32x32 images: set the data's image_size to 32"
@@ -224,10 +211,10 @@ def test_data_image_size_against_the_backbone(dg: Path, faces_root: Path, tiny_b
 
 
 def test_misspelt_attribute_names_the_interpolating_option(
-    tmp_path: Path, tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, capsys
+    tmp_path: Path, tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, cli_error
 ) -> None:
     config = dg_config(tmp_path, tiny_backbone, tiny_classifier, faces_root, attribute="Mael")
-    assert error_line(["test", "-c", str(config)], capsys) == (
+    assert cli_error(["test", "-c", str(config)]) == (
         "error: Option trainer.callbacks[0].init_args.target_distribution refers to "
         "model.init_args.target_distributions.Male, which the config does not set"
     )
@@ -242,13 +229,13 @@ def test_misspelt_attribute_is_named_by_the_method(tiny_backbone: Path, tiny_cla
         DistributionGuidance(str(tiny_backbone), str(tiny_classifier), {"Mael": [0.5, 0.5]})
 
 
-def test_wrong_target_names_the_option_the_user_set(dg: Path, capsys) -> None:
-    line = error_line(["test", "-c", str(dg), "--model.init_args.target_distributions.Male=[0.3, 0.8]"], capsys)
+def test_wrong_target_names_the_option_the_user_set(dg: Path, cli_error) -> None:
+    line = cli_error(["test", "-c", str(dg), "--model.init_args.target_distributions.Male=[0.3, 0.8]"])
     assert line == "error: 'target_distributions.Male' must sum to 1, got [0.3, 0.8] (sum 1.1)"
 
 
-def test_negative_guidance_scale(dg: Path, capsys) -> None:
-    line = error_line(["test", "-c", str(dg), "--model.init_args.guidance_scale=-5"], capsys)
+def test_negative_guidance_scale(dg: Path, cli_error) -> None:
+    line = cli_error(["test", "-c", str(dg), "--model.init_args.guidance_scale=-5"])
     assert line == "error: Option 'guidance_scale' must be non-negative, got -5.0 for 'Male'"
 
 

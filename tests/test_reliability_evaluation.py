@@ -25,6 +25,7 @@ from lightning_fair.classifiers import load_classifier
 from lightning_fair.cli import main
 from lightning_fair.data import CelebADataModule
 from lightning_fair.metrics import FeatureDistance
+from lightning_fair.metrics.quality import reference_cache_key
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 300  # a hang must fail the test, not block the suite
@@ -152,7 +153,7 @@ class IdentityFeatures(nn.Module):
 def evaluator_with_reference(classifier: Path, faces_root: Path, cache_dir: Path, **options: Any) -> FairnessEvaluator:
     """A started ``FairnessEvaluator`` with the faces' test split as reference (``options`` for the DataModule)."""
     reference = CelebADataModule(
-        root=str(faces_root), attributes=["Male", "Blond_Hair"], sensitive="Male", image_size=32, **options
+        root=str(faces_root), attributes=["Male", "Blond_Hair"], sensitive="Male", **{"image_size": 32, **options}
     )
     evaluator = FairnessEvaluator(
         str(classifier), sensitive="Male", target="Blond_Hair", reference=reference, cache_dir=str(cache_dir)
@@ -171,7 +172,7 @@ def fid_cls(evaluator: FairnessEvaluator) -> float:
     return evaluator.compute()["fid_cls"]
 
 
-@pytest.mark.parametrize("options", [{"max_samples_per_split": 10}, {"center_crop": 24}])
+@pytest.mark.parametrize("options", [{"max_samples_per_split": 10}, {"image_size": 16}])
 def test_reference_cache_is_keyed_on_the_images_and_transform(
     tiny_classifier: Path, faces_root: Path, tmp_path: Path, options: dict[str, int]
 ) -> None:
@@ -182,6 +183,17 @@ def test_reference_cache_is_keyed_on_the_images_and_transform(
     assert cached == pytest.approx(fresh, rel=1e-9)
     assert cached != pytest.approx(full, rel=1e-3)
     assert len(list(shared.glob("reference_features_*.pt"))) == 2
+
+
+def test_reference_cache_key_follows_the_centre_crop(tiny_classifier: Path, faces_root: Path) -> None:
+    """A cropped reference (which a classifier of uncropped images refuses to read) has a key of its own."""
+    classifier = load_classifier(str(tiny_classifier))
+
+    def key(**options: Any) -> str:
+        data = CelebADataModule(root=str(faces_root), attributes=["Male"], sensitive="Male", image_size=32, **options)
+        return reference_cache_key(classifier, data.dataset("test"))
+
+    assert len({key(), key(center_crop=24), key(center_crop=28)}) == 3
 
 
 def test_reference_cache_of_an_older_key_is_not_read(tiny_classifier: Path, faces_root: Path, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from lightning_fair.methods import DiffusionPretraining
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
-METHODS = ["pretraining", "distribution_guidance", "attribute_switching"]
+METHODS = ["pretraining", "distribution_guidance", "attribute_switching", "classifier"]
 
 
 # ------------------------------------------------------------------------------------ every config's checkpoints
@@ -133,8 +133,7 @@ def train_batches(faces_root: Path, epoch: int, skip_batches: int = 0, **options
     )
     data.setup("fit")
     loader = data.train_dataloader()
-    loader.sampler.set_epoch(epoch)
-    loader.sampler.skip = skip_batches * 16
+    loader.sampler.start = lambda: (epoch, skip_batches * 16)  # what a fit's loop progress says
     return list(loader)
 
 
@@ -228,6 +227,10 @@ def fit_config(
             "class_path": "AttributeSwitching",
             "init_args": {"backbone": str(tiny_backbone), "search_steps": 4},
         },
+        "classifier": {
+            "class_path": "AttributeClassifier",
+            "init_args": {"attributes": ["Male"], "model_name": "test_resnet", "image_size": 32},
+        },
     }
     data = {
         "pretraining": {"class_path": "CelebADataModule", "init_args": faces},
@@ -239,6 +242,7 @@ def fit_config(
             "class_path": "GenerationRequests",
             "init_args": {"batch_size": 2, "calibration_samples": 6},
         },
+        "classifier": {"class_path": "CelebADataModule", "init_args": faces},
     }
 
     def write(method: str) -> Path:
@@ -324,6 +328,7 @@ def uninterrupted(fit_config: Callable[[str], Path], tmp_path_factory: pytest.Te
         pytest.param("pretraining", marks=pytest.mark.slow),  # also killed and resumed in-process below
         "distribution_guidance",
         pytest.param("attribute_switching", marks=pytest.mark.slow),
+        pytest.param("classifier", marks=pytest.mark.slow),
     ],
 )
 def test_fit_killed_then_resumed_ends_as_an_uninterrupted_fit(
@@ -396,8 +401,9 @@ def test_slurm_requeue_resumes_to_the_uninterrupted_result(
     config = fit_config(method)
     run = tmp_path / "run"
     epoch = 0 if method == "attribute_switching" else 1
-    with pytest.raises(SystemExit):  # Lightning stops after the batch on SIGTERM
+    with pytest.raises(SystemExit) as stopped:  # Lightning stops after the batch on SIGTERM
         fit(config, run, "--ckpt_path=last", interrupt_argument(epoch, 1, ["SIGUSR1", "SIGTERM"]))
+    assert stopped.value.code == 143  # never taken for a finished run
     assert slurm.read_text() == "requeue 4242\n"
     assert (run / "hpc_ckpt_1.ckpt").is_file()
     fit(config, run, "--ckpt_path=last", interrupt_argument(epoch, 1, ["SIGUSR1", "SIGTERM"]), "--ckpt_path=hpc")

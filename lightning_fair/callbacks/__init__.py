@@ -1,7 +1,8 @@
-"""Lightning callbacks: evaluation, sample grids and writing generated images."""
+"""Lightning callbacks: evaluation, sample grids, writing generated images and progress lines."""
 
 from lightning_fair.callbacks.fairness_evaluator import FairnessEvaluator
 from lightning_fair.callbacks.generation_writer import GenerationWriter
+from lightning_fair.callbacks.progress_log import ProgressLog
 from lightning_fair.callbacks.sample_grid import SampleGrid
 
-__all__ = ["FairnessEvaluator", "GenerationWriter", "SampleGrid"]
+__all__ = ["FairnessEvaluator", "GenerationWriter", "ProgressLog", "SampleGrid"]

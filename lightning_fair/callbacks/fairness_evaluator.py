@@ -141,10 +141,7 @@ class FairnessEvaluator(Callback):
 
     def _start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.classifier.to(pl_module.device)
-        backbone = pl_module.backbone
-        self.classifier.expect_inputs(
-            backbone.center_crop_fraction, f"the images of the backbone '{backbone.reference}'"
-        )
+        self.classifier.expect_generated(pl_module)
         if self.reference is not None and "quality" not in self.metrics:
             # Computed once, by one process: every process then holds the very same reference features.
             features = self._reference_features() if trainer.is_global_zero else None

@@ -57,6 +57,7 @@ class GenerationWriter(Callback):
     def _start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.classifier is not None:
             self.classifier.to(pl_module.device)
+            self.classifier.expect_generated(pl_module)
         settings = self._settings(trainer, pl_module)
         if trainer.is_global_zero:
             (self.output_dir / IMAGE_FOLDER).mkdir(parents=True, exist_ok=True)

@@ -269,10 +269,14 @@ class AttributeDataModule(LightningDataModule, ABC):
     def _train_order(self, dataset: AttributeImageDataset) -> tuple[EpochItems, EpochSampler]:
         """The train split in an order and with flips drawn from ``(seed, epoch)``, from where a restored fit is."""
         trainer = self.trainer
-        epoch, batches_done = resume_position(trainer)
         items = EpochItems(dataset, self.seed)
         num_replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        return items, EpochSampler(items, num_replicas, rank, self.seed, epoch, skip=batches_done * self.batch_size)
+
+        def start() -> tuple[int, int]:
+            epoch, batches_done = resume_position(trainer)
+            return epoch, batches_done * self.batch_size
+
+        return items, EpochSampler(items, num_replicas, rank, self.seed, start)
 
     @property
     def workers(self) -> int:

@@ -1,4 +1,4 @@
-"""Per-sample random streams: sample ``i`` of a run depends only on ``(seed, i)``."""
+"""Per-sample random streams: sample ``i`` of a run depends only on ``(seed, i)`` (and, in training, the epoch)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,22 @@ from torch import Tensor
 
 NOISE_STREAM = 0
 CONDITION_STREAM = 1
+TRAINING_STREAM = 2
+AUGMENTATION_STREAM = 3
+
+
+def seed_of(*keys: int) -> int:
+    """A 64-bit seed of the non-negative integers ``keys`` (different keys, unrelated seeds)."""
+    state = np.random.SeedSequence([int(key) for key in keys]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 32 | int(state[1])
+
+
+def training_generators(seed: int, epoch: int, indices: Tensor) -> list[torch.Generator]:
+    """One CPU generator per sample for a method's random draws (noise, timesteps, ...) in training epoch ``epoch``.
+
+    Sample ``i`` gets the same numbers whatever the batch, the process, the number of processes or an interruption.
+    """
+    return sample_generators(seed_of(seed, epoch, TRAINING_STREAM), indices, TRAINING_STREAM)
 
 
 def sample_generators(seed: int, indices: Tensor, stream: int) -> list[torch.Generator]:

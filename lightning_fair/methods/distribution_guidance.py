@@ -14,9 +14,8 @@ from torch import Tensor, nn
 
 from lightning_fair.callbacks.run_folder import run_folder
 from lightning_fair.classifiers import load_classifier
-from lightning_fair.data.epochs import training_generators
 from lightning_fair.diffusion import SamplerConfig, SamplingState, sample_generators
-from lightning_fair.diffusion.seeding import CONDITION_STREAM, per_sample_choice, per_sample_randn
+from lightning_fair.diffusion.seeding import CONDITION_STREAM, per_sample_choice, per_sample_randn, training_generators
 from lightning_fair.methods.adp import AttributeDistributionPredictor
 from lightning_fair.methods.base import DebiasingMethod
 from lightning_fair.metrics import GroupedAccuracy, validate_distribution

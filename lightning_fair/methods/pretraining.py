@@ -18,8 +18,7 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
 from lightning_fair.data.base import AttributeDataModule
-from lightning_fair.data.epochs import training_generators
-from lightning_fair.diffusion.seeding import NOISE_STREAM, per_sample_randn, sample_generators
+from lightning_fair.diffusion.seeding import NOISE_STREAM, per_sample_randn, sample_generators, training_generators
 from lightning_fair.models import CONDITIONING_FILE, resolve_model_path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -119,7 +120,8 @@ def main(args: ArgsType = None) -> None:
     """Runs the command line; ``args`` replaces ``sys.argv[1:]`` (used by in-process tests).
 
     An error in what the run was given (a file, an option, an attribute) ends it with one line on standard error
-    and exit status 2; any other error keeps its traceback. A run stopped by SIGTERM (after the batch in progress,
+    and exit status 2 (with the environment variable ``LIGHTNING_FAIR_TRACEBACK=1``, with its traceback); any other
+    error keeps its traceback. A run stopped by SIGTERM (after the batch in progress,
     everything written so far complete) ends with status 143, as a process killed by the signal would, so that a
     stopped run is never taken for a finished one (Lightning's ``fit`` would exit with 0).
     """
@@ -129,7 +131,7 @@ def main(args: ArgsType = None) -> None:
         raise SystemExit(stop.code or TERMINATED_EXIT_STATUS) from None
     except Exception as error:
         message = configuration_error(error)
-        if message is None:
+        if message is None or os.environ.get("LIGHTNING_FAIR_TRACEBACK") == "1":
             raise
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(CONFIGURATION_ERROR) from None

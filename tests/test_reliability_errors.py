@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning_fair.callbacks import FairnessEvaluator
 from lightning_fair.callbacks.progress_log import ProgressLog
 from lightning_fair.classifiers import AttributeClassifier, load_classifier
-from lightning_fair.cli import build_cli, configuration_error
+from lightning_fair.cli import build_cli, configuration_error, main
 from lightning_fair.data import CelebADataModule, GenerationRequests
 from lightning_fair.data.base import available_workers
 from lightning_fair.methods import ConditionalSampling, DiffusionPretraining, DistributionGuidance
@@ -550,3 +550,9 @@ def test_command_line_logs_progress_when_output_is_not_a_terminal(
     monkeypatch.setattr("sys.stdout.isatty", lambda: True)
     cli = build_cli(["-c", config, *tiny], run=False)
     assert isinstance(cli.trainer.progress_bar_callback, TQDMProgressBar | RichProgressBar)
+
+
+def test_traceback_on_request(dg: Path, tiny_classifier: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIGHTNING_FAIR_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="is an attribute-classifier folder"):
+        main(["test", "-c", str(dg), f"--model.init_args.backbone={tiny_classifier}"])

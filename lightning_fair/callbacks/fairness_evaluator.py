@@ -27,6 +27,7 @@ from lightning_fair.metrics import (
     validate_distribution,
 )
 from lightning_fair.metrics.quality import reference_features
+from lightning_fair.utils.files import write_text_atomically
 
 CONFIDENCE = 0.9
 DP_POSITIVE_CLASS = 1
@@ -348,6 +349,4 @@ class FairnessEvaluator(Callback):
             ("metrics.json", json.dumps(record, indent=2, allow_nan=False) + "\n"),
             ("metrics.md", "\n".join(lines) + "\n"),
         ):
-            temporary = folder / f".{name}.tmp"
-            temporary.write_text(text)
-            temporary.replace(folder / name)
+            write_text_atomically(folder / name, text)

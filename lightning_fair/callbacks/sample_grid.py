@@ -10,7 +10,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 from torchvision.utils import save_image
 
 from lightning_fair.callbacks.run_folder import run_folder
-from lightning_fair.data.generated import replace_atomically
+from lightning_fair.utils.files import replace_atomically
 
 
 class SampleGrid(Callback):

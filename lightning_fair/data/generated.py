@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,8 @@ import torch
 from lightning.pytorch import LightningModule
 from PIL import Image, PngImagePlugin
 from torch import Tensor
+
+from lightning_fair.utils.files import replace_atomically, write_text_atomically
 
 IMAGE_FOLDER = "images"
 MANIFEST = "manifest.json"
@@ -66,16 +67,6 @@ def from_pixels(pixels: Tensor) -> Tensor:
 def as_stored(images: Tensor) -> Tensor:
     """Images in [-1, 1] exactly as a record stores them (quantised to 8 bits), on their device."""
     return from_pixels(to_pixels(images)).to(images.device)
-
-
-def replace_atomically(path: Path, write: Any) -> None:
-    """Calls ``write(temporary_path)``, then renames the complete file to ``path``."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def write_record(
@@ -200,4 +191,4 @@ def write_manifest(folder: str | Path, settings: dict[str, Any]) -> None:
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n"
-        replace_atomically(path, lambda temporary: temporary.write_text(text))
+        write_text_atomically(path, text)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import itertools
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from lightning_fair.diffusion.seeding import CONDITION_STREAM, NOISE_STREAM, per
 from lightning_fair.methods.base import DebiasingMethod
 from lightning_fair.metrics import validate_distribution
 from lightning_fair.utils.distributed import sum_over_processes
+from lightning_fair.utils.files import replace_atomically, write_csv_atomically
 
 CURVE_FILE = "tau_curve"
 
@@ -193,13 +193,8 @@ def write_curve(folder: Path, timesteps: list[int], values: list[float], tau: in
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".{CURVE_FILE}.csv.tmp"
-    with temporary.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["tau", "distance"])
-        writer.writerows(zip(timesteps, (f"{value:.6f}" for value in values), strict=True))
-    temporary.replace(folder / f"{CURVE_FILE}.csv")
+    rows = zip(timesteps, (f"{value:.6f}" for value in values), strict=True)
+    write_csv_atomically(folder / f"{CURVE_FILE}.csv", ["tau", "distance"], rows)
     figure, axis = pyplot.subplots(figsize=(5, 3.2))
     axis.plot(timesteps, values)
     axis.axvline(tau, linestyle="--", color="gray")
@@ -207,7 +202,5 @@ def write_curve(folder: Path, timesteps: list[int], values: list[float], tau: in
     axis.set_ylabel("D(tau) = mean ||A - B||")
     axis.set_title(f"tau search: argmin at {tau}")
     figure.tight_layout()
-    temporary = folder / f".{CURVE_FILE}.png.tmp"
-    figure.savefig(temporary, format="png", dpi=120)
+    replace_atomically(folder / f"{CURVE_FILE}.png", lambda temporary: figure.savefig(temporary, format="png", dpi=120))
     pyplot.close(figure)
-    temporary.replace(folder / f"{CURVE_FILE}.png")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from abc import abstractmethod
 from typing import Any, Literal
@@ -20,6 +19,7 @@ from lightning_fair.methods.adp import AttributeDistributionPredictor
 from lightning_fair.methods.base import DebiasingMethod
 from lightning_fair.metrics import GroupedAccuracy, validate_distribution
 from lightning_fair.utils.distributed import sum_over_processes
+from lightning_fair.utils.files import write_csv_atomically
 
 ACCURACY_FILE = "adp_accuracy.csv"
 OFFICIAL_SAMPLER = SamplerConfig(eta=1.0)  # the official code samples with stochastic DDIM
@@ -271,14 +271,11 @@ class HSpaceGuidance(DebiasingMethod):
         folder = run_folder(self.trainer)
         if not self.trainer.is_global_zero or not self.accuracy_table:
             return
-        folder.mkdir(parents=True, exist_ok=True)
-        temporary = folder / f".{ACCURACY_FILE}.tmp"
-        with temporary.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["step_index", "timestep", *self.attributes])
-            for step, t in enumerate(self.sampler.timesteps.tolist()):
-                writer.writerow([step, t, *(f"{self.accuracy_table[name][step]:.4f}" for name in self.attributes)])
-        temporary.replace(folder / ACCURACY_FILE)
+        rows = [
+            [step, t, *(f"{self.accuracy_table[name][step]:.4f}" for name in self.attributes)]
+            for step, t in enumerate(self.sampler.timesteps.tolist())
+        ]
+        write_csv_atomically(folder / ACCURACY_FILE, ["step_index", "timestep", *self.attributes], rows)
         summary = ", ".join(
             f"{name} {min(values):.3f}..{max(values):.3f}" for name, values in self.accuracy_table.items()
         )

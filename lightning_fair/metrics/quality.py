@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -13,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from lightning_fair.classifiers import AttributeClassifier
 from lightning_fair.data.dataset import AttributeImageDataset
+from lightning_fair.utils.files import replace_atomically
 
 CACHE_FORMAT = "reference_features/2"  # part of every key: caches of another format are never read
 
@@ -64,8 +64,5 @@ def reference_features(
             chunks.append(classifier.features(batch["image"].to(device)).cpu())
     features = torch.cat(chunks)
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache_file.with_suffix(f".tmp{os.getpid()}")
-        torch.save(features, temporary)
-        temporary.replace(cache_file)
+        replace_atomically(cache_file, lambda temporary: torch.save(features, temporary))
     return features

@@ -161,3 +161,29 @@ def test_init_weights_fine_tunes_an_exported_model(tmp_path: Path) -> None:
 def test_invalid_options(tmp_path: Path, options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         tiny(tmp_path, **options)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("learning_rate", 0.0, "Option 'learning_rate' must be positive, got 0.0"),
+        ("weight_decay", -0.1, "Option 'weight_decay' must be non-negative, got -0.1"),
+        ("warmup_steps", -1, "Option 'warmup_steps' must be non-negative, got -1"),
+    ],
+)
+def test_out_of_range_numbers_are_refused(option: str, value: float, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        DiffusionPretraining(output_dir=str(tmp_path / "model"), **{option: value})
+
+
+def test_training_images_of_another_size_are_refused(faces_root: Path, tmp_path: Path) -> None:
+    module = DiffusionPretraining(
+        output_dir=str(tmp_path / "model"), image_size=16, block_out_channels=(8, 16), norm_num_groups=4
+    )
+    data = CelebADataModule(str(faces_root), attributes=["Male"], sensitive="Male", image_size=32, batch_size=8)
+    trainer = Trainer(
+        max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path
+    )
+    with pytest.raises(ValueError, match="Option 'image_size' of DiffusionPretraining is 16 but the training images"):
+        trainer.fit(module, data)
+    assert not (tmp_path / "model").exists()

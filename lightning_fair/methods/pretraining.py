@@ -104,6 +104,12 @@ class DiffusionPretraining(LightningModule):
             )
         if not 0 <= condition_dropout < 1:
             raise ValueError(f"Option 'condition_dropout' must lie in [0, 1), got {condition_dropout}")
+        for name, value, lowest in (("learning_rate", learning_rate, None), ("weight_decay", weight_decay, 0)):
+            if (value <= 0) if lowest is None else (value < lowest):
+                bound = "positive" if lowest is None else "non-negative"
+                raise ValueError(f"Option '{name}' must be {bound}, got {value}")
+        if warmup_steps < 0:
+            raise ValueError(f"Option 'warmup_steps' must be non-negative, got {warmup_steps}")
         if not 0 <= ema_decay < 1:
             raise ValueError(f"Option 'ema_decay' must lie in [0, 1), got {ema_decay}")
         if ema_inv_gamma <= 0 or ema_power <= 0:
@@ -131,6 +137,15 @@ class DiffusionPretraining(LightningModule):
         self.ema = AveragedModel(self.unet, multi_avg_fn=update, use_buffers=True)
         self.ema.requires_grad_(False)
         self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
+
+    def setup(self, stage: str) -> None:
+        """Refuses training images of another size than ``image_size`` (the size the exported model records)."""
+        data = self.trainer.datamodule if self.trainer is not None else None
+        if isinstance(data, AttributeDataModule) and data.image_size != self.hparams["image_size"]:
+            raise ValueError(
+                f"Option 'image_size' of DiffusionPretraining is {self.hparams['image_size']} but the training images "
+                f"of '{data.root}' are {data.image_size} px: set both to the same size"
+            )
 
     def _load_initial_weights(self, reference: str) -> None:
         path = resolve_model_path(reference, "diffusion model for 'init_weights'")

@@ -22,6 +22,7 @@ from torchvision.transforms.v2.functional import center_crop, gaussian_blur
 from lightning_fair.data.base import VIEW_TOLERANCE, AttributeDataModule
 from lightning_fair.diffusion.seeding import seed_of
 from lightning_fair.models import read_json
+from lightning_fair.utils.options import check_ranges
 
 
 class AttributeClassifier(LightningModule):
@@ -79,16 +80,18 @@ class AttributeClassifier(LightningModule):
             )
         if min(classes, default=2) < 2:
             raise ValueError(f"Option 'num_classes' must be at least 2 per attribute, got {classes}")
-        positive = {"image_size": image_size, "learning_rate": learning_rate}
-        if center_crop_fraction is not None:
-            positive["center_crop_fraction"] = center_crop_fraction
-        non_negative = {"weight_decay": weight_decay, "max_noise_std": max_noise_std, "max_blur_sigma": max_blur_sigma}
-        for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"Option '{name}' must be positive, got {value}")
-        for name, value in non_negative.items():
-            if not value >= 0:
-                raise ValueError(f"Option '{name}' must be non-negative, got {value}")
+        check_ranges(
+            positive={
+                "image_size": image_size,
+                "learning_rate": learning_rate,
+                "center_crop_fraction": center_crop_fraction,
+            },
+            non_negative={
+                "weight_decay": weight_decay,
+                "max_noise_std": max_noise_std,
+                "max_blur_sigma": max_blur_sigma,
+            },
+        )
         if not 0 <= augment_probability <= 1:
             raise ValueError(f"Option 'augment_probability' must lie in [0, 1], got {augment_probability}")
         self.save_hyperparameters()

@@ -22,6 +22,7 @@ from lightning_fair.data.epochs import EpochItems, EpochLoader, EpochSampler, re
 from lightning_fair.data.resampling import group_ids, resample_to_ratio
 from lightning_fair.data.synthetic.base import SyntheticDataset
 from lightning_fair.data.table import SPLIT_CODES, AttributeTable
+from lightning_fair.utils.options import check_ranges
 
 VIEW_TOLERANCE = 1e-3  # crop fractions (views of the source images) this close are the same view
 MAX_AUTO_WORKERS = 8
@@ -106,10 +107,7 @@ class AttributeDataModule(LightningDataModule, ABC):
                 f"reads {self.format!r}"
             )
         sizes = {"image_size": image_size, "batch_size": batch_size, "eval_batch_size": eval_batch_size}
-        sizes.update(center_crop=center_crop, max_samples_per_split=max_samples_per_split)
-        for name, value in sizes.items():
-            if value is not None and value < 1:
-                raise ValueError(f"Option '{name}' must be positive, got {value}")
+        check_ranges(positive=sizes | {"center_crop": center_crop, "max_samples_per_split": max_samples_per_split})
         if num_workers != "auto" and not (isinstance(num_workers, int) and num_workers >= 0):
             raise ValueError(f"Option 'num_workers' must be 'auto' or a non-negative number, got {num_workers!r}")
         self.save_hyperparameters(ignore=["synthetic"])

@@ -20,6 +20,7 @@ from lightning_fair.methods.base import DebiasingMethod
 from lightning_fair.metrics import GroupedAccuracy, validate_distribution
 from lightning_fair.utils.distributed import sum_over_processes
 from lightning_fair.utils.files import write_csv_atomically
+from lightning_fair.utils.options import check_ranges
 
 ACCURACY_FILE = "adp_accuracy.csv"
 OFFICIAL_SAMPLER = SamplerConfig(eta=1.0)  # the official code samples with stochastic DDIM
@@ -141,14 +142,12 @@ class HSpaceGuidance(DebiasingMethod):
     def _check_numbers(self) -> None:
         """Refuses numeric options outside their range (a negative scale would push away from the target)."""
         options = self.hparams
-        positive = ["temperature", "hidden_features", "learning_rate"]
-        non_negative = ["loss_weight", "step_size", "beta_exponent", "weight_decay"]
-        for name in positive:
-            if not options[name] > 0:
-                raise ValueError(f"Option '{name}' must be positive, got {options[name]}")
-        for name in non_negative:
-            if not options[name] >= 0:
-                raise ValueError(f"Option '{name}' must be non-negative, got {options[name]}")
+        check_ranges(
+            positive={name: options[name] for name in ("temperature", "hidden_features", "learning_rate")},
+            non_negative={
+                name: options[name] for name in ("loss_weight", "step_size", "beta_exponent", "weight_decay")
+            },
+        )
         steps = len(self.sampler.timesteps)
         if not 0 <= options["first_guided_step"] < steps:
             raise ValueError(

@@ -20,6 +20,7 @@ from torch.optim.swa_utils import AveragedModel
 from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.diffusion.seeding import NOISE_STREAM, per_sample_randn, sample_generators, training_generators
 from lightning_fair.models import CONDITIONING_FILE, resolve_model_path
+from lightning_fair.utils.options import check_ranges
 
 
 class DiffusionPretraining(LightningModule):
@@ -104,12 +105,10 @@ class DiffusionPretraining(LightningModule):
             )
         if not 0 <= condition_dropout < 1:
             raise ValueError(f"Option 'condition_dropout' must lie in [0, 1), got {condition_dropout}")
-        for name, value, lowest in (("learning_rate", learning_rate, None), ("weight_decay", weight_decay, 0)):
-            if (value <= 0) if lowest is None else (value < lowest):
-                bound = "positive" if lowest is None else "non-negative"
-                raise ValueError(f"Option '{name}' must be {bound}, got {value}")
-        if warmup_steps < 0:
-            raise ValueError(f"Option 'warmup_steps' must be non-negative, got {warmup_steps}")
+        check_ranges(
+            positive={"learning_rate": learning_rate},
+            non_negative={"weight_decay": weight_decay, "warmup_steps": warmup_steps},
+        )
         if not 0 <= ema_decay < 1:
             raise ValueError(f"Option 'ema_decay' must lie in [0, 1), got {ema_decay}")
         if ema_inv_gamma <= 0 or ema_power <= 0:

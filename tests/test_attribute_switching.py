@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch import Trainer
 
 from lightning_fair.data import GenerationRequests
+from lightning_fair.diffusion import Step
 from lightning_fair.diffusion.seeding import NOISE_STREAM, per_sample_randn, sample_generators
 from lightning_fair.methods import AttributeSwitching, DiffusionPretraining
 
@@ -26,8 +27,8 @@ def test_start_and_final_classes_are_independent_draws(tiny_backbone: Path) -> N
     method = switching(tiny_backbone, tau=500)
     state = method.init_state(torch.arange(2000))
     start, final = state.conditions["Male_start"], state.conditions["Male"]
-    assert torch.equal(state.class_labels, start)
-    assert torch.equal(state.extras["final_labels"], final)
+    assert torch.equal(state.condition, start)
+    assert torch.equal(state.final_condition, final)
     for labels in (start, final):
         assert abs(labels.float().mean().item() - 0.5) < 0.05
     # Independent: every (start, final) pair about a quarter of the samples.
@@ -40,11 +41,12 @@ def test_start_and_final_classes_are_independent_draws(tiny_backbone: Path) -> N
 def test_condition_switches_below_tau(tiny_backbone: Path) -> None:
     method = switching(tiny_backbone, tau=500)
     state = method.init_state(torch.arange(4))
-    start, final = state.class_labels, state.extras["final_labels"]
+    start, final = state.condition, state.final_condition
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         for t, expected in ((501, start), (500, final), (20, final)):
-            torch.testing.assert_close(method.guided_eps(x, torch.tensor(t), state), method.backbone(x, t, expected))
+            step = Step(index=0, timestep=torch.tensor(t), num_steps=4)
+            torch.testing.assert_close(method.guided_eps(x, step, state), method.backbone(x, t, expected))
 
 
 def test_options_are_checked(tiny_backbone: Path, tmp_path: Path) -> None:
@@ -57,7 +59,7 @@ def test_options_are_checked(tiny_backbone: Path, tmp_path: Path) -> None:
     unconditional = DiffusionPretraining(
         output_dir=str(tmp_path / "u"), block_out_channels=(8, 16), norm_num_groups=4
     ).export(tmp_path / "u")
-    with pytest.raises(ValueError, match="AttributeSwitching needs a class-conditional backbone"):
+    with pytest.raises(ValueError, match="AttributeSwitching needs a backbone conditioned on class labels or text"):
         switching(unconditional)
 
 

@@ -7,27 +7,53 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_fair.backbones import FrozenUNet
+from lightning_fair.backbones import AdapterInputs, PixelBackbone, load_backbone
 from lightning_fair.diffusion import SamplerConfig
+from lightning_fair.diffusion.guidance import guided_eps
 from lightning_fair.methods import ConditionalSampling, DiffusionPretraining, PlainSampling, method_registry
 
 FAST = SamplerConfig(num_inference_steps=4)
 
 
-def test_split_call_equals_diffusers_forward(tiny_backbone: Path) -> None:
-    backbone = FrozenUNet(str(tiny_backbone))
+def test_hooked_call_equals_diffusers_forward(tiny_backbone: Path) -> None:
+    backbone = load_backbone(str(tiny_backbone))
+    assert isinstance(backbone, PixelBackbone)
     x, t, labels = torch.randn(3, 3, 32, 32), torch.tensor([0, 400, 999]), torch.tensor([0, 1, 2])
     expected = backbone.unet(x, t, class_labels=labels).sample
-    encoding = backbone.encode(x, t, labels)
-    assert encoding.h.shape == (3, 16, 16, 16)
-    torch.testing.assert_close(backbone.decode(encoding), expected, rtol=0, atol=0)
+    torch.testing.assert_close(backbone.eps(x, t, labels), expected, rtol=0, atol=0)
     torch.testing.assert_close(backbone(x, 400, labels), backbone.unet(x, 400, class_labels=labels).sample)
-    edited = backbone.decode(encoding, h=encoding.h + 1)
+    h = backbone.h(x, t, labels)
+    assert h.shape == (3, 16, 16, 16)
+    seen = []
+    unchanged = backbone.eps(x, t, labels, h_edit=lambda hidden: seen.append(hidden) or hidden)
+    torch.testing.assert_close(seen[0], h, rtol=0, atol=0)
+    torch.testing.assert_close(unchanged, expected, rtol=0, atol=0)
+    edited = backbone.eps(x, t, labels, h_edit=lambda hidden: hidden + 1)
     assert not torch.allclose(edited, expected)
+    # A mid residual is the same as adding it to h; the hooks are gone after the call.
+    residual = AdapterInputs(mid_residual=torch.ones_like(h))
+    torch.testing.assert_close(backbone.eps(x, t, labels, adapter=residual), edited, rtol=0, atol=0)
+    torch.testing.assert_close(backbone.eps(x, t, labels), expected, rtol=0, atol=0)
+
+
+def test_time_embedding_adapter_joins_the_call(tiny_backbone: Path) -> None:
+    """An addition to the time embedding changes eps exactly as the same addition to the class embedding does."""
+    backbone = load_backbone(str(tiny_backbone))
+    x, t, labels = torch.randn(2, 3, 32, 32), torch.tensor([10, 700]), torch.tensor([0, 1])
+    shift = torch.randn(2, backbone.unet.time_embedding.linear_2.out_features)
+    with_adapter = backbone.eps(x, t, labels, adapter=AdapterInputs(time_embedding=shift))
+    original = backbone.unet.class_embedding.weight.clone()
+    with torch.no_grad():
+        backbone.unet.class_embedding.weight[:2] += shift
+        expected = backbone.eps(x, t, labels)
+        backbone.unet.class_embedding.weight.copy_(original)
+    torch.testing.assert_close(with_adapter, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="UNet2DModel, which takes no down-block residuals"):
+        backbone.eps(x, t, labels, adapter=AdapterInputs(down_residuals=(x,)))
 
 
 def test_backbone_is_frozen(tiny_backbone: Path) -> None:
-    backbone = FrozenUNet(str(tiny_backbone))
+    backbone = load_backbone(str(tiny_backbone))
     backbone.train()
     assert not backbone.training
     assert not any(module.training for module in backbone.modules())
@@ -37,17 +63,19 @@ def test_backbone_is_frozen(tiny_backbone: Path) -> None:
 
 def test_missing_backbone_says_where_it_looked(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"No diffusion backbone at '.*nowhere' and no shipped model"):
-        FrozenUNet(str(tmp_path / "nowhere"))
+        load_backbone(str(tmp_path / "nowhere"))
 
 
 def test_conditional_method_needs_conditional_backbone(tmp_path: Path) -> None:
     folder = tmp_path / "unconditional"
     DiffusionPretraining(output_dir=str(folder), block_out_channels=(8, 16), norm_num_groups=4).export(folder)
-    with pytest.raises(ValueError, match="ConditionalSampling needs a class-conditional backbone"):
+    with pytest.raises(ValueError, match="ConditionalSampling needs a backbone conditioned on class labels or text"):
         ConditionalSampling(str(folder), sampler=FAST)
     images, state = PlainSampling(str(folder), sampler=FAST).sample(2)
     assert images.shape == (2, 3, 32, 32)
-    assert state.class_labels is None
+    assert state.condition is None
+    with pytest.raises(ValueError, match="'cfg_scale' guides a conditional model"):
+        PlainSampling(str(folder), sampler=SamplerConfig(num_inference_steps=2, cfg_scale=3.0)).sample(2)
 
 
 @pytest.mark.parametrize("sampler", [FAST, SamplerConfig(num_inference_steps=4, eta=1.0), SamplerConfig("ddpm", 4)])
@@ -67,17 +95,22 @@ def test_conditions_follow_target_distribution(tiny_backbone: Path) -> None:
     state = method.init_state(torch.arange(4000))
     assert abs(state.conditions["Male"].float().mean().item() - 0.8) < 0.02
     again = method.init_state(torch.arange(3990, 4000))
-    assert torch.equal(again.class_labels, state.class_labels[3990:])
+    assert torch.equal(again.condition, state.condition[3990:])
     with pytest.raises(ValueError, match="'target_distribution' has 3 entries; expected 2"):
         ConditionalSampling(str(tiny_backbone), target_distribution=[0.2, 0.3, 0.5])
 
 
-def test_classifier_free_guidance_in_one_call(tiny_backbone: Path) -> None:
-    backbone = FrozenUNet(str(tiny_backbone))
-    x, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
-    conditional, null = backbone(x, 500, labels), backbone(x, 500, torch.tensor([2, 2]))
-    guided = backbone.classifier_free_eps(x, 500, labels, guidance_scale=3.0)
-    torch.testing.assert_close(guided, null + 3.0 * (conditional - null), atol=1e-5, rtol=0)
+@pytest.mark.parametrize(("formula", "scale", "weight"), [("imagen", 3.0, 3.0), ("one_plus_w", 2.0, 3.0)])
+def test_classifier_free_guidance_in_one_call(tiny_backbone: Path, formula: str, scale: float, weight: float) -> None:
+    backbone = load_backbone(str(tiny_backbone))
+    x, labels, null = torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), torch.tensor([2, 2])
+    conditional, unconditional = backbone(x, 500, labels), backbone(x, 500, null)
+    calls = []
+    backbone.unet.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    guided = guided_eps(backbone, x, torch.tensor(500), labels, null, scale, formula)
+    assert calls == [4]  # both branches in one batched call
+    torch.testing.assert_close(guided, unconditional + weight * (conditional - unconditional), atol=1e-5, rtol=0)
+    assert torch.equal(guided_eps(backbone, x, torch.tensor(500), labels, null, 1.0, "imagen"), conditional)
 
 
 def test_registry_lists_methods() -> None:

@@ -98,7 +98,7 @@ def test_guidance_step_pulls_the_batch_distribution_to_the_target(
         tiny_backbone, tiny_classifier, target_distributions={"Male": [0.3, 0.7]}, loss=loss, guidance_scale=10.0
     )
     h, t = torch.randn(16, 16, 16, 16), method.sampler.timesteps[1]
-    state = SamplingState(indices=torch.arange(16), step_index=1)
+    state = SamplingState(indices=torch.arange(16))
     target = torch.tensor([0.3, 0.7])
     distances = []
     for _ in range(4):
@@ -119,7 +119,7 @@ def test_scales_per_attribute_weight_each_loss(tiny_backbone: Path, tiny_classif
     alone = guidance(tiny_backbone, tiny_classifier, target_distributions={"Male": [0.3, 0.7]}, guidance_scale=3.0)
     alone.predictors["Male"].load_state_dict(joint.predictors["Male"].state_dict())
     h, t = torch.randn(8, 16, 16, 16), joint.sampler.timesteps[1]
-    state = SamplingState(indices=torch.arange(8), step_index=1)
+    state = SamplingState(indices=torch.arange(8))
     edited = joint.edit_h(h, t, state)
     assert not torch.equal(edited, h)
     torch.testing.assert_close(edited, alone.edit_h(h, t, state))
@@ -189,8 +189,8 @@ def test_inversion_features_follow_the_ddim_inversion(tiny_backbone: Path, tiny_
         assert h.shape == (12, 16, 16, 16)
         assert t.tolist() == [t_ for t_ in method.sampler.timesteps.flip(0).tolist() for _ in range(3)]
         # The first h is that of the clean images at the smallest timestep.
-        null = method.backbone.default_labels(3, "cpu")
-        torch.testing.assert_close(h[:3], method.backbone.encode(images, t[0], null).h)
+        null = method.backbone.null_condition(3, "cpu")
+        torch.testing.assert_close(h[:3], method.backbone.h(images, t[0], null))
 
 
 def test_checkpoint_of_another_method_is_refused(tiny_backbone: Path, tiny_classifier: Path, tmp_path: Path) -> None:

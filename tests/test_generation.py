@@ -56,7 +56,7 @@ def test_requests_read_back_finished_batches(tmp_path: Path) -> None:
 
 
 def test_checkpoint_has_no_backbone_weights(tiny_backbone: Path, tmp_path: Path) -> None:
-    method = ConditionalSampling(str(tiny_backbone), sampler=SamplerConfig(num_inference_steps=2), guidance_scale=2.0)
+    method = ConditionalSampling(str(tiny_backbone), sampler=SamplerConfig(num_inference_steps=2, cfg_scale=2.0))
     trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.strategy.connect(method)
     path = tmp_path / "method.ckpt"
@@ -67,7 +67,7 @@ def test_checkpoint_has_no_backbone_weights(tiny_backbone: Path, tmp_path: Path)
     backbone_bytes = sum(t.numel() * t.element_size() for t in method.backbone.state_dict().values())
     assert os.path.getsize(path) < backbone_bytes / 2
     restored = ConditionalSampling.load_from_checkpoint(path)
-    assert restored.guidance_scale == 2.0
+    assert restored.sampler.config.cfg_scale == 2.0
     for name, tensor in method.backbone.state_dict().items():
         torch.testing.assert_close(restored.backbone.state_dict()[name], tensor)
     with pytest.raises(ValueError, match="written by ConditionalSampling, not by PlainSampling"):

@@ -265,8 +265,8 @@ def test_guidance_numbers_are_checked(tiny_backbone: Path, tiny_classifier: Path
 
 
 def test_negative_classifier_free_guidance(tiny_backbone: Path) -> None:
-    with pytest.raises(ValueError, match=re.escape("Option 'guidance_scale' must be non-negative, got -2.0")):
-        ConditionalSampling(str(tiny_backbone), guidance_scale=-2.0)
+    with pytest.raises(ValueError, match=re.escape("Sampler option 'cfg_scale' must be non-negative, got -2.0")):
+        ConditionalSampling(str(tiny_backbone), sampler={"cfg_scale": -2.0})
 
 
 @pytest.mark.parametrize(

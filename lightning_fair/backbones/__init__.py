@@ -1,5 +1,15 @@
-"""Frozen pretrained diffusion models."""
+"""Frozen diffusion backbones: one contract, pixel and latent text-to-image implementations."""
 
-from lightning_fair.backbones.unet import FrozenUNet, UNetEncoding
+from lightning_fair.backbones.base import AdapterInputs, Condition, DiffusionBackbone
+from lightning_fair.backbones.latent import LatentTextToImageBackbone
+from lightning_fair.backbones.loading import load_backbone
+from lightning_fair.backbones.pixel import PixelBackbone
 
-__all__ = ["FrozenUNet", "UNetEncoding"]
+__all__ = [
+    "AdapterInputs",
+    "Condition",
+    "DiffusionBackbone",
+    "LatentTextToImageBackbone",
+    "PixelBackbone",
+    "load_backbone",
+]

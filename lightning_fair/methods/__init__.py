@@ -3,6 +3,7 @@
 from lightning_fair.methods.adp import AttributeDistributionPredictor
 from lightning_fair.methods.attribute_switching import AttributeSwitching
 from lightning_fair.methods.base import DebiasingMethod, method_registry
+from lightning_fair.methods.conditions import Prompts
 from lightning_fair.methods.distribution_guidance import DistributionGuidance, HSpaceGuidance, HSpaceSampleGuidance
 from lightning_fair.methods.plain import ConditionalSampling, PlainSampling
 from lightning_fair.methods.pretraining import DiffusionPretraining
@@ -17,5 +18,6 @@ __all__ = [
     "HSpaceGuidance",
     "HSpaceSampleGuidance",
     "PlainSampling",
+    "Prompts",
     "method_registry",
 ]

@@ -3,23 +3,41 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from lightning_fair.backbones import Condition
 from lightning_fair.callbacks.run_folder import run_folder
-from lightning_fair.diffusion import SamplerConfig, SamplingState, sample_generators
+from lightning_fair.diffusion import (
+    SamplerConfig,
+    SamplingState,
+    Step,
+    make_scheduler,
+    paired_chains,
+    sample_generators,
+)
+from lightning_fair.diffusion.guidance import guided_eps
 from lightning_fair.diffusion.seeding import CONDITION_STREAM, NOISE_STREAM, per_sample_choice, per_sample_randn
 from lightning_fair.methods.base import DebiasingMethod
+from lightning_fair.methods.conditions import Prompts
 from lightning_fair.metrics import validate_distribution
 from lightning_fair.utils.distributed import sum_over_processes
 from lightning_fair.utils.files import replace_atomically, write_csv_atomically
 
 CURVE_FILE = "tau_curve"
+
+
+@dataclass
+class SwitchingState(SamplingState):
+    """The sampling state of Attribute Switching: ``condition`` holds ``s_start``, this the ``s_final`` condition."""
+
+    final_condition: Tensor | None = None
 
 
 class AttributeSwitching(DebiasingMethod):
@@ -28,20 +46,24 @@ class AttributeSwitching(DebiasingMethod):
     Each sample draws a starting class ``s_start`` and a final class ``s_final`` independently (from
     ``start_distribution`` and ``final_distribution``, uniform by default); denoising steps with ``t > tau`` are
     conditioned on ``s_start``, the others on ``s_final``. Features formed before ``tau`` thus carry no
-    information about the final sensitive attribute. One UNet call per step, as in conditional sampling.
+    information about the final sensitive attribute. One UNet call per step, as in conditional sampling (two,
+    batched, under the sampler's classifier-free guidance). On a text-to-image backbone the classes are the prompts
+    of ``prompts.classes``, switched as in the official Stable Diffusion notebook.
 
     ``fit`` calibrates ``tau`` (unless it is given): from the same ``x_T`` of each calibration sample, one
     deterministic DDIM chain per class (``search_steps`` steps) records ``d_t = beta_t (eps_k - eps_l)`` for each
     class pair; with ``A(tau) = sum_{t > tau} d_t`` and ``B(tau) = sum_{t <= tau} d_t`` (the split the sampler
     uses), ``D(tau)`` is the mean over samples of ``||A - B||``, the norm taken per sample over C, H, W (the
-    official notebook takes it over the batch dimension), averaged over class pairs; ``tau`` is its argmin. The
+    official notebook takes it over the batch dimension), averaged over class pairs; ``tau`` is its argmin. The chains
+    are the toolkit's paired chains and use the same guidance as sampling. The
     sums run over the calibration requests of all processes. The curve is written as ``tau_curve.csv`` and
     ``tau_curve.png`` in the log folder and ``tau`` is kept in the checkpoint.
 
     Args:
-        backbone: a class-conditional diffusers folder or shipped model name.
+        backbone: a class-conditional or text-to-image diffusers folder or shipped model name.
         sampler: settings of the sampling loop.
         seed: seed of the run.
+        prompts: the prompt of each class on a text-to-image backbone.
         tau: the switching timestep (in training timesteps); ``None`` to calibrate it in ``fit``.
         start_distribution: distribution of ``s_start`` (uniform by default).
         final_distribution: distribution of ``s_final`` (uniform by default).
@@ -55,14 +77,15 @@ class AttributeSwitching(DebiasingMethod):
         backbone: str,
         sampler: SamplerConfig | None = None,
         seed: int = 0,
+        prompts: Prompts | None = None,
         tau: int | None = None,
         start_distribution: list[float] | None = None,
         final_distribution: list[float] | None = None,
         search_steps: int = 1000,
     ) -> None:
-        super().__init__(backbone=backbone, sampler=sampler, seed=seed)
-        self.backbone.require_conditioning(type(self).__name__)
-        num_classes = self.backbone.num_classes
+        super().__init__(backbone=backbone, sampler=sampler, seed=seed, prompts=prompts)
+        self.require_classes(null=self.uses_cfg)
+        num_classes = self.num_condition_classes
         self.start_distribution = validate_distribution(start_distribution, num_classes, "start_distribution")
         self.final_distribution = validate_distribution(final_distribution, num_classes, "final_distribution")
         train_steps = self.backbone.scheduler_config["num_train_timesteps"]
@@ -72,8 +95,9 @@ class AttributeSwitching(DebiasingMethod):
             raise ValueError(f"Option 'search_steps' must be at least 2, got {search_steps}")
         self.register_buffer("tau", torch.tensor(-1 if tau is None else tau))
         self.automatic_optimization = False
-        self.search = DDIMScheduler.from_config(self.backbone.scheduler_config, clip_sample=True)
-        self.search.set_timesteps(search_steps)
+        self.search = make_scheduler(
+            self.backbone.scheduler_config, "ddim", search_steps, clip_sample=not self.backbone.is_latent
+        )
         pairs = len(list(itertools.combinations(range(num_classes), 2)))
         self.register_buffer(
             "curve_sum", torch.zeros(len(self.search.timesteps), dtype=torch.float64), persistent=False
@@ -88,7 +112,7 @@ class AttributeSwitching(DebiasingMethod):
 
     # ------------------------------------------------------------------------------------------------ sampling
 
-    def init_state(self, indices: Tensor) -> SamplingState:
+    def init_state(self, indices: Tensor) -> SwitchingState:
         """Draws ``s_start`` and then, independently, ``s_final`` from each sample's own generator."""
         if self.needs_fit:
             raise RuntimeError(
@@ -97,18 +121,18 @@ class AttributeSwitching(DebiasingMethod):
         generators = sample_generators(self.seed, indices, CONDITION_STREAM)
         start = per_sample_choice(generators, self.start_distribution).to(self.device)
         final = per_sample_choice(generators, self.final_distribution).to(self.device)
-        attribute = self.backbone.condition_attribute or "condition"
-        return SamplingState(
+        attribute = self.condition_attribute
+        return SwitchingState(
             indices=indices,
-            class_labels=start,
+            condition=self.class_condition(start),
+            final_condition=self.class_condition(final),
             conditions={attribute: final, f"{attribute}_start": start},
-            extras={"final_labels": final},
         )
 
-    def guided_eps(self, x: Tensor, t: Tensor, state: SamplingState) -> Tensor:
+    def guided_eps(self, x: Tensor, step: Step, state: SwitchingState) -> Tensor:
         """Conditional eps on ``s_start`` while ``t > tau``, on ``s_final`` from ``tau`` down."""
-        labels = state.class_labels if int(t) > int(self.tau) else state.extras["final_labels"]
-        return self.backbone(x, t, labels)
+        condition = state.condition if int(step.timestep) > int(self.tau) else state.final_condition
+        return self.unet_eps(x, step, state, condition=condition)
 
     # ----------------------------------------------------------------------------------------- tau calibration
 
@@ -131,19 +155,17 @@ class AttributeSwitching(DebiasingMethod):
 
         Column ``j`` is ``tau = search.timesteps[j]``: steps ``0..j-1`` (``t > tau``) form ``A``, the rest ``B``.
         """
-        num_classes = self.backbone.num_classes
+        num_classes = self.num_condition_classes
         x_start = per_sample_randn(
-            sample_generators(self.seed, indices, NOISE_STREAM), self.backbone.image_shape, self.device
+            sample_generators(self.seed, indices, NOISE_STREAM), self.backbone.sample_shape, self.device
         )
-        chains = [x_start.clone() for _ in range(num_classes)]
+        null = self.backbone.null_condition(len(indices), self.device) if self.uses_cfg else None
+        chains = [self._class_eps(torch.full((len(indices),), k, dtype=torch.long), null) for k in range(num_classes)]
         weighted = [[] for _ in range(num_classes)]  # beta_t * eps_k at each step
         betas = self.search.betas.to(self.device)
-        for t in self.search.timesteps:
-            for k in range(num_classes):
-                labels = torch.full((len(indices),), k, dtype=torch.long, device=self.device)
-                eps = self.backbone(chains[k], t.to(self.device), labels)
+        for t, predictions in paired_chains(chains, x_start, self.search):
+            for k, eps in enumerate(predictions):
                 weighted[k].append(betas[int(t)] * eps)
-                chains[k] = self.search.step(eps, t, chains[k], eta=0.0).prev_sample
         distances = []
         for first, second in itertools.combinations(range(num_classes), 2):
             pairs = zip(weighted[first], weighted[second], strict=True)
@@ -152,6 +174,11 @@ class AttributeSwitching(DebiasingMethod):
             before = torch.cumsum(d, dim=1) - d  # sum over steps 0..j-1, i.e. t > tau_j
             distances.append((2 * before - total).norm(dim=2))  # A - B = A - (total - A)
         return torch.stack(distances).mean(dim=0)
+
+    def _class_eps(self, labels: Tensor, null: Condition) -> Callable[[Tensor, Tensor], Tensor]:
+        """The noise of one calibration chain, conditioned on class ``labels`` with the sampler's guidance."""
+        condition, config = self.class_condition(labels), self.sampler.config
+        return lambda x, t: guided_eps(self.backbone, x, t, condition, null, config.cfg_scale, config.cfg_formula)
 
     def on_train_epoch_end(self) -> None:
         """Sums the curve over processes, picks tau, writes the curve (before the checkpoint is saved)."""

@@ -10,23 +10,30 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
-from lightning_fair.backbones import FrozenUNet
+from lightning_fair.backbones import Condition, DiffusionBackbone, load_backbone
+from lightning_fair.backbones.base import HEdit
 from lightning_fair.data.base import VIEW_TOLERANCE, AttributeDataModule
 from lightning_fair.data.generated import as_stored
-from lightning_fair.diffusion import DiffusionSampler, SamplerConfig, SamplingState
+from lightning_fair.diffusion import DiffusionSampler, SamplerConfig, SamplingState, Step
+from lightning_fair.diffusion.guidance import guided_eps, is_unguided
+from lightning_fair.methods.conditions import Prompts
 from lightning_fair.utils import distributed  # noqa: F401  (registers the DDP strategy that fits calibrations)
 from lightning_fair.utils.preemption import stop_if_terminated
 
 
 class DebiasingMethod(LightningModule):
-    """A debiasing method: hooks over a frozen diffusers UNet and the shared sampling loop.
+    """A debiasing method: hooks over a frozen diffusion backbone (pixel or latent) and the shared sampling loop.
 
     Subclasses set ``name`` (their key in :func:`method_registry`) and override:
 
     - :meth:`configure_modules`: build the trainable parts (called at the end of ``__init__``);
     - :meth:`training_step` / :meth:`configure_optimizers`, if the method trains something;
     - :meth:`init_state`: per-sample conditions of a batch of generation requests;
-    - :meth:`guided_eps`: the noise prediction used at each denoising step.
+    - :meth:`guided_eps`: the noise prediction used at each denoising step, usually through :meth:`unet_eps`
+      (the backbone's call with the sampler's classifier-free guidance).
+
+    Conditions are written once for every kind of backbone: :meth:`neutral_condition` (null label, neutral prompt
+    or nothing) and :meth:`class_condition` (class labels, or one prompt per class from ``prompts.classes``).
 
     The base provides :meth:`sample`, ``test_step``/``predict_step`` (generation requests in, images and the
     conditions used out) and checkpoint hygiene: frozen modules (the backbone, and any a subclass adds with
@@ -34,26 +41,40 @@ class DebiasingMethod(LightningModule):
     references (constructor arguments) when the checkpoint is restored.
 
     Args:
-        backbone: a local diffusers folder or the name of a shipped model.
+        backbone: a local diffusers folder (pixel ``UNet2DModel`` or ``StableDiffusionPipeline``) or the name of a
+            shipped model.
         sampler: settings of the sampling loop.
         seed: seed of the run; sample ``i`` depends only on ``(seed, i)``.
+        prompts: the prompts on a text-to-image backbone (see :class:`Prompts`).
     """
 
     name: ClassVar[str] = ""
 
-    def __init__(self, backbone: str, sampler: SamplerConfig | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, backbone: str, sampler: SamplerConfig | None = None, seed: int = 0, prompts: Prompts | None = None
+    ) -> None:
         super().__init__()
         # Plain values only in hparams, so checkpoints load with torch.load(weights_only=True).
         sampler = SamplerConfig(**sampler) if isinstance(sampler, dict) else sampler or SamplerConfig()
-        self.save_hyperparameters(ignore=["sampler"])
+        prompts = Prompts(**prompts) if isinstance(prompts, dict) else prompts
+        self.save_hyperparameters(ignore=["sampler", "prompts"])
         self.hparams["sampler"] = asdict(sampler)
+        self.hparams["prompts"] = None if prompts is None else asdict(prompts)
         self.frozen_names: list[str] = []
-        self.add_frozen("backbone", FrozenUNet(backbone))
-        self.sampler = DiffusionSampler(self.backbone.scheduler_config, sampler)
+        self.add_frozen("backbone", load_backbone(backbone))
+        if prompts is not None and self.backbone.conditioning != "text":
+            raise ValueError(
+                f"Option 'prompts' is for text-to-image backbones; '{backbone}' takes "
+                f"{'class labels' if self.backbone.conditioning == 'class' else 'no condition'}"
+            )
+        self.prompts = prompts or Prompts()
+        self.sampler = DiffusionSampler(
+            self.backbone.scheduler_config, sampler, clip_sample=not self.backbone.is_latent
+        )
         self.seed = seed
         self.configure_modules()
 
-    backbone: FrozenUNet
+    backbone: DiffusionBackbone
 
     def add_frozen(self, name: str, module: nn.Module) -> None:
         """Registers a frozen module: no gradients, always in eval mode, never in a checkpoint."""
@@ -71,6 +92,83 @@ class DebiasingMethod(LightningModule):
 
     def configure_modules(self) -> None:
         """Builds the method's trainable modules (none by default)."""
+
+    # --------------------------------------------------------------------------------------------- conditions
+
+    @property
+    def condition_attribute(self) -> str:
+        """The name the per-sample class conditions are reported under."""
+        attribute = self.prompts.attribute if self.backbone.conditioning == "text" else None
+        return attribute or getattr(self.backbone, "condition_attribute", None) or "condition"
+
+    @property
+    def num_condition_classes(self) -> int:
+        """Classes a method can condition on: the backbone's labels, or ``prompts.classes``."""
+        self.require_classes()
+        if self.backbone.conditioning == "class":
+            return self.backbone.num_classes
+        return len(self.prompts.classes)
+
+    def require_classes(self, null: bool = False) -> None:
+        """Refuses, naming this method, a backbone that cannot be conditioned on classes (or has no null label)."""
+        method, backbone = type(self).__name__, self.backbone
+        if backbone.conditioning == "text" and self.prompts.classes is None:
+            raise ValueError(
+                f"{method} conditions on classes: '{backbone.reference}' takes text prompts, so give one prompt per "
+                "class in 'prompts.classes' (e.g. ['a photo of a woman', 'a photo of a man'])"
+            )
+        if backbone.conditioning == "none":
+            raise ValueError(
+                f"{method} needs a backbone conditioned on class labels or text; '{backbone.reference}' is "
+                "unconditional"
+            )
+        if null and backbone.conditioning == "class" and backbone.null_label is None:
+            raise ValueError(f"{method} needs a backbone trained with a null label; '{backbone.reference}' has none")
+
+    def class_condition(self, labels: Tensor) -> Condition:
+        """The backbone's condition for class ``labels``: the labels, or the prompts of ``prompts.classes``."""
+        self.require_classes()
+        if self.backbone.conditioning == "class":
+            return self.backbone.class_condition(labels.to(self.device))
+        return self.backbone.prompt_condition([self.prompts.classes[k] for k in labels.tolist()]).to(self.device)
+
+    def neutral_condition(self, batch_size: int) -> Condition:
+        """The condition of unguided sampling: the null label, the neutral prompt, or none."""
+        if self.backbone.conditioning != "text":
+            return self.backbone.null_condition(batch_size, self.device)
+        prompt = self.prompts.neutral if self.prompts.neutral is not None else self.backbone.neutral_prompt
+        if prompt is None:
+            raise ValueError(
+                f"'{self.backbone.reference}' records no neutral prompt: set 'prompts.neutral' "
+                "(e.g. 'a photo of a person')"
+            )
+        return self.backbone.prompt_condition([prompt] * batch_size).to(self.device)
+
+    def unet_eps(
+        self, x: Tensor, step: Step, state: SamplingState, condition: Condition = None, h_edit: HEdit | None = None
+    ) -> Tensor:
+        """The backbone's noise for ``condition`` (default: the state's), with the sampler's classifier-free guidance.
+
+        ``h_edit`` replaces the h-space tensor inside the call; under guidance it sees both halves of the batched
+        ``[conditional; null]`` call.
+        """
+        config = self.sampler.config
+        condition = state.condition if condition is None else condition
+        return guided_eps(
+            self.backbone,
+            x,
+            step.timestep,
+            condition,
+            state.null_condition,
+            config.cfg_scale,
+            config.cfg_formula,
+            h_edit=h_edit,
+        )
+
+    @property
+    def uses_cfg(self) -> bool:
+        """Whether the sampler's classifier-free guidance needs a null branch."""
+        return not is_unguided(self.sampler.config.cfg_scale, self.sampler.config.cfg_formula)
 
     def setup(self, stage: str) -> None:
         """Checks, before any step, that the real images of ``fit``/``validate`` fit the backbone."""
@@ -105,12 +203,12 @@ class DebiasingMethod(LightningModule):
         return any(parameter.requires_grad for parameter in self.parameters())
 
     def init_state(self, indices: Tensor) -> SamplingState:
-        """The sampling state of a batch; by default the backbone's null label (or no label)."""
-        return SamplingState(indices=indices, class_labels=self.backbone.default_labels(len(indices), self.device))
+        """The sampling state of a batch; by default the neutral condition (null label, neutral prompt, none)."""
+        return SamplingState(indices=indices, condition=self.neutral_condition(len(indices)))
 
     @abstractmethod
-    def guided_eps(self, x: Tensor, t: Tensor, state: SamplingState) -> Tensor:
-        """The noise prediction the sampler uses at timestep ``t`` (the method's intervention)."""
+    def guided_eps(self, x: Tensor, step: Step, state: SamplingState) -> Tensor:
+        """The noise prediction the sampler uses at ``step`` (the method's intervention)."""
 
     def sample(self, indices: Tensor | int) -> tuple[Tensor, SamplingState]:
         """Generates the samples with the given global indices (or ``0..n-1`` for an int).
@@ -122,8 +220,15 @@ class DebiasingMethod(LightningModule):
             indices = torch.arange(indices)
         indices = indices.cpu().long()
         state = self.init_state(indices)
-        images = self.sampler.sample(self.guided_eps, state, self.seed, self.backbone.image_shape, self.device)
-        return images, state
+        if self.uses_cfg and state.null_condition is None:
+            if self.backbone.conditioning == "none":
+                raise ValueError(
+                    f"Sampler option 'cfg_scale' guides a conditional model; '{self.backbone.reference}' is "
+                    "unconditional"
+                )
+            state.null_condition = self.backbone.null_condition(len(indices), self.device)
+        x = self.sampler.sample(self.guided_eps, state, self.seed, self.backbone.sample_shape, self.device)
+        return self.backbone.decode(x), state
 
     def join_empty_batch(self) -> None:
         """Called instead of sampling on a process whose share of a global batch is empty.
@@ -157,6 +262,18 @@ class DebiasingMethod(LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Same as :meth:`test_step`."""
         return self.test_step(batch, batch_idx)
+
+    def on_fit_start(self) -> None:
+        """Puts the backbone in the precision of the device (half-precision latent UNet on a GPU)."""
+        self.backbone.use_precision_for(self.device)
+
+    def on_test_start(self) -> None:
+        """Puts the backbone in the precision of the device."""
+        self.backbone.use_precision_for(self.device)
+
+    def on_predict_start(self) -> None:
+        """Puts the backbone in the precision of the device."""
+        self.backbone.use_precision_for(self.device)
 
     def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Stops the run here, every callback's work on the batch done, if it was asked to terminate."""

@@ -13,10 +13,11 @@ from torch import Tensor, nn
 
 from lightning_fair.callbacks.run_folder import run_folder
 from lightning_fair.classifiers import load_classifier
-from lightning_fair.diffusion import SamplerConfig, SamplingState, sample_generators
+from lightning_fair.diffusion import SamplerConfig, SamplingState, Step, ddim_inversion, sample_generators
 from lightning_fair.diffusion.seeding import CONDITION_STREAM, per_sample_choice, per_sample_randn, training_generators
 from lightning_fair.methods.adp import AttributeDistributionPredictor
 from lightning_fair.methods.base import DebiasingMethod
+from lightning_fair.methods.conditions import Prompts
 from lightning_fair.metrics import GroupedAccuracy, validate_distribution
 from lightning_fair.utils.distributed import sum_over_processes
 from lightning_fair.utils.files import write_csv_atomically
@@ -36,13 +37,15 @@ def official_sampler(sampler: SamplerConfig | dict[str, Any] | None) -> SamplerC
 
 
 class HSpaceGuidance(DebiasingMethod):
-    """Guidance on the h-space of the frozen UNet by Attribute Distribution Predictors (ADPs).
+    """Guidance on the h-space of the frozen UNet by Attribute Distribution Predictors (ADPs), pixel or latent.
 
     ``fit`` trains one :class:`AttributeDistributionPredictor` per attribute of ``target_distributions``; only the
     ADPs train. Their labels are pseudo-labels of the ``classifier`` on the training images (no ground-truth
-    attribute is read), and h is taken from those images noised to each sampler timestep by the forward process
+    attribute is read), and h (the UNet's mid-block output, read by a forward hook) is taken from those images
+    (their VAE latents on a latent backbone) noised to each sampler timestep by the forward process
     (``h_source="noised"``, default) or from a deterministic DDIM inversion of them (``"inversion"``, the paper's
-    choice; one UNet call per step and image). The ADPs are trained with cross-entropy on their logits divided
+    choice; one UNet call per step and image), under the neutral condition (null label or neutral prompt).
+    The ADPs are trained with cross-entropy on their logits divided
     by the temperature, the same tempered softmax the guidance averages, so that the batch mean of those
     probabilities estimates the batch's attribute distribution (the official training script is not public;
     its guidance divides by 8). The validation split reports
@@ -51,7 +54,9 @@ class HSpaceGuidance(DebiasingMethod):
     At sampling, from step ``first_guided_step`` on (the official code skips the first, t = T), h of the batch is
     moved by one gradient step on the subclass's per-attribute :meth:`guidance_losses`: with the official schedule,
     ``h <- h - step_size * beta_t**beta_exponent * d(loss_weight * sum_a scale_a * loss_a)/dh``; eps is then
-    decoded from the edited h. The gradient is taken on h through the ADP heads only, never through the UNet.
+    decoded from the edited h in the same UNet call. The gradient is taken on h through the ADP heads only, never
+    through the UNet. With the sampler's classifier-free guidance (text-to-image backbones) the edit sees the h of
+    both halves of the batched ``[conditional; null]`` call and moves both, as the official Stable Diffusion code.
 
     Args:
         backbone: a diffusers folder or shipped model name.
@@ -59,6 +64,7 @@ class HSpaceGuidance(DebiasingMethod):
         target_distributions: the target distribution of each guided attribute, e.g. ``{"Male": [0.5, 0.5]}``.
         sampler: settings of the sampling loop (default: DDIM with ``eta`` 1, the official sampler).
         seed: seed of the run.
+        prompts: the neutral prompt on a text-to-image backbone.
         head: ADP heads, ``linear`` (official) or ``mlp``.
         hidden_features: hidden width of ``mlp`` heads.
         temperature: softmax temperature of the ADP at guidance time (official: 8).
@@ -80,6 +86,7 @@ class HSpaceGuidance(DebiasingMethod):
         target_distributions: dict[str, list[float]],
         sampler: SamplerConfig = OFFICIAL_SAMPLER,
         seed: int = 0,
+        prompts: Prompts | None = None,
         head: Literal["linear", "mlp"] = "linear",
         hidden_features: int = 256,
         temperature: float = 8.0,
@@ -92,7 +99,7 @@ class HSpaceGuidance(DebiasingMethod):
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
     ) -> None:
-        super().__init__(backbone=backbone, sampler=official_sampler(sampler), seed=seed)
+        super().__init__(backbone=backbone, sampler=official_sampler(sampler), seed=seed, prompts=prompts)
 
     def configure_modules(self) -> None:
         """Loads the pseudo-labelling classifier (frozen) and builds one ADP per attribute."""
@@ -170,10 +177,10 @@ class HSpaceGuidance(DebiasingMethod):
         return {name: float(scale[name]) for name in self.attributes}
 
     def _h_shape(self) -> tuple[int, ...]:
-        probe = torch.zeros(1, *self.backbone.image_shape)
+        probe = torch.zeros(1, *self.backbone.sample_shape)
         with torch.no_grad():
-            encoding = self.backbone.encode(probe, self.sampler.timesteps[0], self.backbone.default_labels(1, "cpu"))
-        return tuple(encoding.h.shape[1:])
+            h = self.backbone.h(probe, self.sampler.timesteps[0], self.neutral_condition(1))
+        return tuple(h.shape[1:])
 
     # ----------------------------------------------------------------------------------------------- training
 
@@ -193,26 +200,21 @@ class HSpaceGuidance(DebiasingMethod):
         (``N = S * B``, grouped by timestep).
         """
         timesteps = self.sampler.timesteps.to(images.device)
-        labels = self.backbone.default_labels(len(images), images.device)
+        x0 = self.backbone.encode(images)
+        condition = self.neutral_condition(len(images))
         if self.hparams["h_source"] == "noised":
             choice = torch.cat([torch.randint(len(timesteps), (1,), generator=g) for g in generators])
             t = timesteps[choice.to(images.device)]
-            noise = per_sample_randn(generators, tuple(images.shape[1:]), images.device)
-            noisy = self.sampler.scheduler.add_noise(images, noise, t)
-            return self.backbone.encode(noisy, t, labels).h, t
-        features, steps = [], []
-        alphas = self.sampler.scheduler.alphas_cumprod.to(images.device)
+            noise = per_sample_randn(generators, tuple(x0.shape[1:]), images.device)
+            return self.backbone.h(self.sampler.add_noise(x0, noise, t), t, condition), t
+        features: list[Tensor] = []
+
+        def eps_reading_h(x: Tensor, t: Tensor) -> Tensor:
+            return self.backbone.eps(x, t, condition, h_edit=lambda h: features.append(h) or h)
+
         ascending = timesteps.flip(0)
-        x = images
-        for position, t in enumerate(ascending):
-            encoding = self.backbone.encode(x, t, labels)
-            features.append(encoding.h)
-            steps.append(t.expand(len(images)))
-            if position + 1 < len(ascending):
-                eps = self.backbone.decode(encoding)
-                alpha, alpha_next = alphas[t], alphas[ascending[position + 1]]
-                clean = (x - (1 - alpha).sqrt() * eps) / alpha.sqrt()
-                x = alpha_next.sqrt() * clean + (1 - alpha_next).sqrt() * eps
+        ddim_inversion(eps_reading_h, x0, ascending, self.sampler.scheduler.alphas_cumprod)
+        steps = [t.expand(len(images)) for t in ascending]
         return torch.cat(features), torch.cat(steps)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -243,13 +245,14 @@ class HSpaceGuidance(DebiasingMethod):
         if self.hparams["h_source"] == "inversion":
             features = [self.training_features(images)]
         else:
+            x0 = self.backbone.encode(images)
             generator = torch.Generator().manual_seed(self.seed * 100_003 + batch_idx)
-            noise = torch.randn(images.shape, generator=generator).to(images.device)
-            null = self.backbone.default_labels(len(images), images.device)
+            noise = torch.randn(x0.shape, generator=generator).to(images.device)
+            condition = self.neutral_condition(len(images))
             features = []
             for t in timesteps:
-                noisy = self.sampler.scheduler.add_noise(images, noise, t.expand(len(images)))
-                features.append((self.backbone.encode(noisy, t, null).h, t.expand(len(images))))
+                noisy = self.sampler.add_noise(x0, noise, t.expand(len(images)))
+                features.append((self.backbone.h(noisy, t, condition), t.expand(len(images))))
         for h, t in features:
             repeats = len(h) // len(images)
             step = self.predictors[self.attributes[0]].head_index(t)
@@ -295,7 +298,11 @@ class HSpaceGuidance(DebiasingMethod):
 
     @abstractmethod
     def guidance_losses(self, h: Tensor, t: Tensor, state: SamplingState) -> dict[str, Tensor]:
-        """The loss of each guided attribute whose gradient on h guides the step (differentiable in ``h``)."""
+        """The loss of each guided attribute whose gradient on h guides the step (differentiable in ``h``).
+
+        ``h`` holds the batch's rows, or, under classifier-free guidance, its conditional rows followed by its null
+        rows (``2B``).
+        """
         raise NotImplementedError
 
     def edit_h(self, h: Tensor, t: Tensor, state: SamplingState) -> Tensor:
@@ -312,12 +319,11 @@ class HSpaceGuidance(DebiasingMethod):
         strength = options["step_size"] * beta ** options["beta_exponent"]
         return h.detach() - strength * gradient
 
-    def guided_eps(self, x: Tensor, t: Tensor, state: SamplingState) -> Tensor:
-        """Eps decoded from the edited h (from ``first_guided_step`` on)."""
-        encoding = self.backbone.encode(x, t, state.class_labels)
-        if state.step_index < self.hparams["first_guided_step"]:
-            return self.backbone.decode(encoding)
-        return self.backbone.decode(encoding, self.edit_h(encoding.h, t, state))
+    def guided_eps(self, x: Tensor, step: Step, state: SamplingState) -> Tensor:
+        """Eps decoded from the edited h (from ``first_guided_step`` on), in one UNet call."""
+        if step.index < self.hparams["first_guided_step"]:
+            return self.unet_eps(x, step, state)
+        return self.unet_eps(x, step, state, h_edit=lambda h: self.edit_h(h, step.timestep, state))
 
     def guided_steps(self) -> int:
         """Number of denoising steps that are guided."""
@@ -351,6 +357,7 @@ class DistributionGuidance(HSpaceGuidance):
         target_distributions: dict[str, list[float]],
         sampler: SamplerConfig = OFFICIAL_SAMPLER,
         seed: int = 0,
+        prompts: Prompts | None = None,
         loss: Literal["chi2", "kl"] = "chi2",
         head: Literal["linear", "mlp"] = "linear",
         hidden_features: int = 256,
@@ -372,6 +379,7 @@ class DistributionGuidance(HSpaceGuidance):
             target_distributions=target_distributions,
             sampler=sampler,
             seed=seed,
+            prompts=prompts,
             head=head,
             hidden_features=hidden_features,
             temperature=temperature,
@@ -436,13 +444,13 @@ class HSpaceSampleGuidance(HSpaceGuidance):
         conditions = {
             name: per_sample_choice(generators, target).to(self.device) for name, target in self.targets.items()
         }
-        labels = self.backbone.default_labels(len(indices), self.device)
-        return SamplingState(indices=indices, class_labels=labels, conditions=conditions)
+        return SamplingState(indices=indices, condition=self.neutral_condition(len(indices)), conditions=conditions)
 
     def guidance_losses(self, h: Tensor, t: Tensor, state: SamplingState) -> dict[str, Tensor]:
         """Minus the probability of each sample's assigned class, summed over samples, per attribute."""
         losses = {}
+        repeats = len(h) // len(state.indices)  # 2 under classifier-free guidance: both halves move
         for name, probabilities in self.probabilities(h, t).items():
-            classes = state.conditions[name].clone().view(-1, 1)  # a normal tensor, even under inference mode
+            classes = state.conditions[name].repeat(repeats).view(-1, 1)  # a normal tensor under inference mode
             losses[name] = -probabilities.gather(1, classes).sum()
         return losses

@@ -49,6 +49,14 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised, tiny Stable Diffusion pipeline folder (32x32 images, 4x8x8 latents)."""
+    from latent_model import write_tiny_pipeline
+
+    return write_tiny_pipeline(tmp_path_factory.mktemp("models") / "sd")
+
+
+@pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised, tiny attribute classifier of Male and Blond_Hair, as a pretrained folder."""
     torch.manual_seed(0)

@@ -47,17 +47,17 @@ class LatentTextToImageBackbone(DiffusionBackbone):
             )
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        def load(name: str, loader: type) -> object:
+        def load(name: str, loader: type, **options: object) -> object:
             try:
-                return loader.from_pretrained(folder / name)
+                return loader.from_pretrained(folder / name, **options)
             except Exception as error:  # a damaged file: the library's message may suggest unsafe loading
                 raise ValueError(
                     f"Option 'backbone': the {name}/ component of '{folder}' cannot be loaded as {loader.__name__} "
                     f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
                 ) from None
 
-        self.unet = load("unet", UNet2DConditionModel)
-        self.vae = load("vae", AutoencoderKL)
+        self.unet = load("unet", UNet2DConditionModel, low_cpu_mem_usage=False)
+        self.vae = load("vae", AutoencoderKL, low_cpu_mem_usage=False)
         self.text_encoder = load("text_encoder", CLIPTextModel)
         self.tokenizer = load("tokenizer", CLIPTokenizer)
         self.scheduler_config = dict(DDPMScheduler.load_config(folder / "scheduler"))

@@ -1,0 +1,93 @@
+"""A tiny random Stable Diffusion pipeline folder, written with ``StableDiffusionPipeline.save_pretrained``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+NEUTRAL_PROMPT = "a photo of a person"
+
+
+def character_tokenizer(folder: Path, max_length: int = 32) -> Path:
+    """A ``CLIPTokenizer`` folder whose tokens are single characters (no merges): enough for any lowercase prompt."""
+    from transformers import CLIPTokenizer
+
+    characters = "abcdefghijklmnopqrstuvwxyz,.'"
+    tokens = ["<|startoftext|>", "<|endoftext|>", *characters, *(f"{c}</w>" for c in characters)]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({token: index for index, token in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def write_tiny_pipeline(folder: Path, prediction_type: str = "epsilon") -> Path:
+    """Writes a randomly initialised text-to-image pipeline: 32x32 images, 4x8x8 latents, a 2-layer text encoder."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer.from_pretrained(character_tokenizer(folder.parent / f"{folder.name}_tokenizer"))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 8, 16),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        norm_num_groups=4,
+        sample_size=32,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder)
+    record = {"conditioning": {"kind": "text", "neutral_prompt": NEUTRAL_PROMPT}, "image_size": 32}
+    (folder / "lightning_fair.json").write_text(json.dumps(record))
+    return folder

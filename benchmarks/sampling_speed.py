@@ -18,23 +18,31 @@ the one least disturbed by other work on the machine. The table has, per configu
 - ``sampling MiB``: ``peak - base``, what sampling itself adds. On CPU it is marked ``<=`` (an upper bound)
   when sampling never raised the high-water mark set while loading;
 - ``speed ratio``: images/s over that of the reference row (batch 64 with 25 steps when measured, else the
-  first row measured).
+  first row measured);
+- for a latent text-to-image backbone (a ``StableDiffusionPipeline`` folder), ``pipeline images/s``: the same
+  model sampled by diffusers' own ``StableDiffusionPipeline`` in the same child, with the same DDIM scheduler
+  (``eta`` 0), steps, batch, prompt, guidance scale (``--cfg-scale``) and precision (half on a GPU), timed in
+  turns with the framework's sampler, and ``vs pipeline``: the framework's images/s over the pipeline's (1.0 is
+  as fast; 0.95 is 5% slower).
 
 Usage (from the repository root)::
 
     python benchmarks/sampling_speed.py --backbone synthetic_faces_unet --batch-sizes 16,64,256 \
         --steps 10,25,50 --scheduler ddim --repeats 2 --out sampling_speed.json
+    python benchmarks/sampling_speed.py --backbone synthetic_faces_sd --batch-sizes 64 --steps 25
 
 A configuration that runs out of memory is reported as failed and the sweep goes on. ``--out`` writes a JSON
 list of rows with ``batch_size``, ``steps``, ``scheduler``, ``device``, ``images_per_second``,
 ``seconds_per_batch``, ``ms_per_image_step``, ``peak_memory_mib``, ``speed_ratio`` (``null`` for a failed
 configuration), plus ``baseline_memory_mib``, ``sampling_memory_mib``, ``sampling_memory_is_upper_bound``,
-``repeat_seconds`` and ``error``.
+``repeat_seconds``, ``pipeline_images_per_second``, ``pipeline_ratio`` (both ``null`` for a pixel backbone) and
+``error``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import multiprocessing
@@ -74,7 +82,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(backbone: str, batch_size: int, steps: int, scheduler: str, device: str, repeats: int) -> dict[str, Any]:
+def measure(
+    backbone: str, batch_size: int, steps: int, scheduler: str, device: str, repeats: int, cfg_scale: float = 1.0
+) -> dict[str, Any]:
     """Times and profiles one configuration in the current process (meant to be a fresh child).
 
     Returns:
@@ -84,8 +94,10 @@ def measure(backbone: str, batch_size: int, steps: int, scheduler: str, device: 
     from lightning_fair.methods import PlainSampling
 
     target = torch.device(device)
-    config = SamplerConfig(scheduler=scheduler, num_inference_steps=steps, eta=0.0)
+    config = SamplerConfig(scheduler=scheduler, num_inference_steps=steps, eta=0.0, cfg_scale=cfg_scale)
     method = PlainSampling(backbone, sampler=config, seed=0).to(target)
+    method.backbone.use_precision_for(target)
+    pipeline = diffusers_pipeline(method) if method.backbone.is_latent else None
     unet_calls = len(method.sampler.timesteps)
     gc.collect()
     if target.type == "cuda":
@@ -95,16 +107,21 @@ def measure(backbone: str, batch_size: int, steps: int, scheduler: str, device: 
     else:
         baseline, load_peak = current_rss_mib(), peak_rss_mib()
 
-    method.sample(torch.arange(batch_size))  # warm-up: lazy initialisation, kernel selection, allocator growth
-    times = []
-    for repeat in range(1, repeats + 1):
-        indices = torch.arange(repeat * batch_size, (repeat + 1) * batch_size)
-        synchronize(target)
-        start = time.perf_counter()
-        images, _ = method.sample(indices)
-        synchronize(target)
-        times.append(time.perf_counter() - start)
-        del images
+    def run_pipeline() -> None:
+        prompt = [method.backbone.neutral_prompt or ""] * batch_size
+        options = {"num_inference_steps": steps, "guidance_scale": cfg_scale, "eta": 0.0, "output_type": "pt"}
+        pipeline(prompt, **options)
+
+    with torch.inference_mode():  # as Lightning samples
+        method.sample(torch.arange(batch_size))  # warm-up: lazy initialisation, kernel selection, allocator growth
+        if pipeline is not None:
+            run_pipeline()
+        times, pipeline_times = [], []
+        for repeat in range(1, repeats + 1):
+            indices = torch.arange(repeat * batch_size, (repeat + 1) * batch_size)
+            times.append(timed(functools.partial(method.sample, indices), target))
+            if pipeline is not None:  # in turns, so that both see the same machine load
+                pipeline_times.append(timed(run_pipeline, target))
 
     if target.type == "cuda":
         peak, upper_bound = torch.cuda.max_memory_allocated(target) / MIB, False
@@ -114,7 +131,10 @@ def measure(backbone: str, batch_size: int, steps: int, scheduler: str, device: 
         upper_bound = peak <= load_peak  # the high-water mark was set while loading, not while sampling
         device_name = "cpu"
     best = min(times)
+    pipeline_speed = batch_size / min(pipeline_times) if pipeline_times else None
     return {
+        "pipeline_images_per_second": pipeline_speed,
+        "pipeline_ratio": None if pipeline_speed is None else (batch_size / best) / pipeline_speed,
         "images_per_second": batch_size / best,
         "seconds_per_batch": best,
         "ms_per_image_step": 1000 * best / (batch_size * unet_calls),
@@ -130,6 +150,34 @@ def measure(backbone: str, batch_size: int, steps: int, scheduler: str, device: 
             "device_name": device_name,
         },
     }
+
+
+def timed(function: Any, device: torch.device) -> float:
+    """Seconds ``function()`` takes, queued device work included."""
+    synchronize(device)
+    start = time.perf_counter()
+    function()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def diffusers_pipeline(method: Any) -> Any:
+    """Diffusers' ``StableDiffusionPipeline`` over the method's own modules and scheduler settings."""
+    from diffusers import StableDiffusionPipeline
+
+    backbone = method.backbone
+    pipeline = StableDiffusionPipeline(
+        vae=backbone.vae,
+        text_encoder=backbone.text_encoder,
+        tokenizer=backbone.tokenizer,
+        unet=backbone.unet,
+        scheduler=type(method.sampler.scheduler).from_config(method.sampler.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def child_main(connection: Connection, threads: int | None, arguments: tuple[Any, ...]) -> None:
@@ -185,20 +233,22 @@ def format_number(value: float | None, digits: int) -> str:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table."""
     lines = [
-        "| batch | steps | images/s | s/batch | ms/image-step | peak MiB | base MiB | sampling MiB | speed ratio |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| batch | steps | images/s | s/batch | ms/image-step | peak MiB | base MiB | sampling MiB | speed ratio "
+        "| pipeline images/s | vs pipeline |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         if row["images_per_second"] is None:
             error = str(row["error"]).replace("|", "/")
-            lines.append(f"| {row['batch_size']} | {row['steps']} | failed: {error} | | | | | | |")
+            lines.append(f"| {row['batch_size']} | {row['steps']} | failed: {error} | | | | | | | | |")
             continue
         bound = "<= " if row["sampling_memory_is_upper_bound"] else ""
         lines.append(
             f"| {row['batch_size']} | {row['steps']} | {format_number(row['images_per_second'], 1)} | "
             f"{format_number(row['seconds_per_batch'], 3)} | {format_number(row['ms_per_image_step'], 3)} | "
             f"{format_number(row['peak_memory_mib'], 1)} | {format_number(row['baseline_memory_mib'], 1)} | "
-            f"{bound}{format_number(row['sampling_memory_mib'], 1)} | {format_number(row['speed_ratio'], 3)} |"
+            f"{bound}{format_number(row['sampling_memory_mib'], 1)} | {format_number(row['speed_ratio'], 3)} | "
+            f"{format_number(row['pipeline_images_per_second'], 1)} | {format_number(row['pipeline_ratio'], 3)} |"
         )
     return "\n".join(lines)
 
@@ -223,6 +273,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scheduler", choices=["ddim", "ddpm"], default="ddim", help="sampler (DDIM with eta=0)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     parser.add_argument("--repeats", type=int, default=2, help="timed batches after the warm-up; the best is kept")
+    parser.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (text models)")
     parser.add_argument(
         "--threads",
         type=int,
@@ -249,7 +300,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for batch_size in batch_sizes:
         for steps in step_counts:
             print(f"measuring batch {batch_size}, {steps} steps ...", file=sys.stderr, flush=True)
-            arguments = (options.backbone, batch_size, steps, options.scheduler, device, options.repeats)
+            arguments = (
+                options.backbone,
+                batch_size,
+                steps,
+                options.scheduler,
+                device,
+                options.repeats,
+                options.cfg_scale,
+            )
             status, result = run_in_child(options.threads, arguments)
             if status == "error":
                 raise SystemExit(f"batch {batch_size}, {steps} steps failed:\n{result}")
@@ -262,6 +321,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             else:
                 keys = ("images_per_second", "seconds_per_batch", "ms_per_image_step", "peak_memory_mib")
                 keys += ("baseline_memory_mib", "sampling_memory_mib", "sampling_memory_is_upper_bound")
+                keys += ("pipeline_images_per_second", "pipeline_ratio")
                 row.update(dict.fromkeys(keys), repeat_seconds=[], error=result)
             rows.append(row)
     reference = add_speed_ratios(rows)

@@ -92,7 +92,9 @@ class LatentTextToImageBackbone(DiffusionBackbone):
     def use_precision_for(self, device: torch.device) -> None:
         """Half-precision UNet on a GPU (``precision="auto"``), float32 elsewhere."""
         half = self.precision == "auto" and torch.device(device).type == "cuda"
-        self.unet.to(torch.float16 if half else torch.float32)
+        dtype = torch.float16 if half else torch.float32
+        if self.dtype != dtype:
+            self.unet.to(dtype)
 
     # ---------------------------------------------------------------------------------------------- images
 

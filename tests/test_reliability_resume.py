@@ -187,6 +187,33 @@ class Interrupt(Callback):
                 os.kill(os.getpid(), getattr(signal, name))
 
 
+class BatchCounter(Callback):
+    """Writes into ``file`` how many training batches this process has run (a resume must not start over)."""
+
+    def __init__(self, file: str) -> None:
+        self.file = Path(file)
+        self.count = 0
+
+    def on_train_batch_end(self, *args: object) -> None:
+        self.count += 1
+        self.file.write_text(str(self.count))
+
+
+def counter_argument(file: Path) -> str:
+    callback = {"class_path": f"{__name__}.BatchCounter", "init_args": {"file": str(file)}}
+    return f"--trainer.callbacks+={json.dumps(callback)}"
+
+
+def batches_left(checkpoint: Path, method: str) -> int:
+    """Training batches a fit resumed from ``checkpoint`` must run: the 9 of the tiny fits less those it saved.
+
+    Attribute switching's calibration epoch (3 batches) is run again in full from a checkpoint taken inside it.
+    """
+    if method == "attribute_switching":
+        return 3
+    return 9 - torch.load(checkpoint, weights_only=False)["global_step"]
+
+
 def interrupt_argument(epoch: int, batch: int, signals: list[str]) -> str:
     callback = {
         "class_path": f"{__name__}.Interrupt",
@@ -356,7 +383,11 @@ def test_fit_killed_then_resumed_ends_as_an_uninterrupted_fit(
     assert checkpoints == (["last.ckpt"] if epoch else [])
     if epoch:
         assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == epoch - 1
-    fit(config, tmp_path, "--ckpt_path=last")
+        expected_batches = batches_left(tmp_path / "checkpoints" / "last.ckpt", method)
+    else:
+        expected_batches = 3
+    fit(config, tmp_path, "--ckpt_path=last", counter_argument(tmp_path / "batches"))
+    assert int((tmp_path / "batches").read_text()) == expected_batches  # resumed, not started over
     assert_same_state(final_state(tmp_path), uninterrupted(method))
 
 
@@ -406,7 +437,10 @@ def test_slurm_requeue_resumes_to_the_uninterrupted_result(
     assert stopped.value.code == 143  # never taken for a finished run
     assert slurm.read_text() == "requeue 4242\n"
     assert (run / "hpc_ckpt_1.ckpt").is_file()
-    fit(config, run, "--ckpt_path=last", interrupt_argument(epoch, 1, ["SIGUSR1", "SIGTERM"]), "--ckpt_path=hpc")
+    expected_batches = batches_left(run / "hpc_ckpt_1.ckpt", method)
+    requeued = ["--ckpt_path=hpc", counter_argument(tmp_path / "batches")]
+    fit(config, run, "--ckpt_path=last", interrupt_argument(epoch, 1, ["SIGUSR1", "SIGTERM"]), *requeued)
+    assert int((tmp_path / "batches").read_text()) == expected_batches  # resumed, not started over
     assert slurm.read_text() == "requeue 4242\n"  # not requeued again
     assert_same_state(final_state(run), uninterrupted(method))
 
@@ -426,7 +460,12 @@ class Crash(Callback):
 
 
 def pretraining_fit(
-    root: Path, faces_root: Path, checkpoint: ModelCheckpoint, crash_at: int | None = None, resume: bool = False
+    root: Path,
+    faces_root: Path,
+    checkpoint: ModelCheckpoint,
+    crash_at: int | None = None,
+    resume: bool = False,
+    counter: Callback | None = None,
 ) -> DiffusionPretraining:
     torch.manual_seed(0)  # the initial weights
     module = DiffusionPretraining(
@@ -442,7 +481,7 @@ def pretraining_fit(
         max_epochs=3,
         limit_train_batches=4,
         limit_val_batches=1,
-        callbacks=[checkpoint] + ([Crash(crash_at)] if crash_at else []),
+        callbacks=[checkpoint] + ([Crash(crash_at)] if crash_at else []) + ([counter] if counter else []),
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -473,7 +512,9 @@ def test_pretraining_resumes_exactly_from_any_checkpoint(
     with pytest.raises(RuntimeError, match="crash"):
         pretraining_fit(tmp_path / "run", faces_root, checkpoint(), crash_at=crash_at)
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == saved_at
-    resumed = pretraining_fit(tmp_path / "run", faces_root, checkpoint(), resume=True)
+    counter = BatchCounter(str(tmp_path / "batches"))
+    resumed = pretraining_fit(tmp_path / "run", faces_root, checkpoint(), resume=True, counter=counter)
+    assert counter.count == 12 - saved_at  # resumed, not started over
     assert resumed.trainer.global_step == expected.trainer.global_step == 12
     assert int(resumed.ema.n_averaged) == 12
     torch.testing.assert_close(resumed.state_dict(), expected.state_dict(), rtol=0, atol=0)

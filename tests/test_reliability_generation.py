@@ -129,6 +129,7 @@ def test_failure_between_images_and_table_is_resumed(
     tmp_path: Path,
     uninterrupted: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The first CSV write fails (with images on disk); the rerun still ends with every row and every sample."""
 
@@ -140,8 +141,12 @@ def test_failure_between_images_and_table_is_resumed(
         patch.setattr(csv.DictWriter, "writerows", fail)
         with pytest.raises(OSError, match="disk full"):
             main(predict_args(config))
-    assert list((tmp_path / "generated" / "images").glob("*.png"))
-    main(predict_args(config))
+    written = len(list((tmp_path / "generated" / "images").glob("*.png")))
+    assert written
+    with caplog.at_level("INFO"):
+        main(predict_args(config))
+    complete = written - written % 4  # whole global batches of 4 are read back
+    assert f"{complete} of {NUM_SAMPLES} samples are read back" in caplog.text  # resumed, not generated again
     assert results(tmp_path) == uninterrupted
 
 
@@ -150,6 +155,7 @@ def test_failed_record_leaves_no_partial_file(
     tmp_path: Path,
     uninterrupted: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The 6th record fails after its image is encoded, before it is renamed into place."""
     save, saved = Image.Image.save, []
@@ -167,7 +173,9 @@ def test_failed_record_leaves_no_partial_file(
             main(predict_args(config))
     images = tmp_path / "generated" / "images"
     assert sorted(path.name for path in images.iterdir()) == [f"{index:06d}.png" for index in range(5)]
-    main(predict_args(config))
+    with caplog.at_level("INFO"):
+        main(predict_args(config))
+    assert f"4 of {NUM_SAMPLES} samples are read back" in caplog.text  # whole global batches of 4 only
     assert results(tmp_path) == uninterrupted
 
 
@@ -187,6 +195,7 @@ def test_killed_process_resumes_to_the_same_result(
 
     resumed = subprocess.run([sys.executable, "-m", "lightning_fair", *predict_args(config)], capture_output=True)
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    assert f"4 of {NUM_SAMPLES} samples are read back" in resumed.stderr.decode()  # whole global batches only
     assert not list(images.glob(".*.tmp"))
     assert results(tmp_path) == uninterrupted
 
@@ -300,6 +309,8 @@ def test_batch_guidance_resumed_on_two_processes_equals_uninterrupted(
         command = [sys.executable, "-m", "lightning_fair", *predict_args(config, *ddp)]
         finished = subprocess.run(command, capture_output=True, timeout=300)
         assert finished.returncode == 0, finished.stderr.decode()[-3000:]
+        if fault:
+            assert f"4 of {NUM_SAMPLES} samples are read back" in finished.stderr.decode()
         outcomes.append(results(folder))
     assert outcomes[0] == outcomes[1]
 

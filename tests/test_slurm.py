@@ -167,6 +167,7 @@ def test_predict_requeued_resumes_to_the_uninterrupted_result(
     tmp_path: Path,
     generation_config: Callable[..., Path],
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Near the time limit SLURM sends SIGUSR1 (``#SBATCH --signal``): Lightning requeues the job, and SLURM then
     ends it with SIGTERM. The run stops after the current batch; the requeued job, the same command, resumes and ends
@@ -227,5 +228,7 @@ def test_predict_requeued_resumes_to_the_uninterrupted_result(
     assert len(list((requeued / "generated" / "images").glob("*.png"))) == 8
     assert not (requeued / "generated" / "generations.csv").exists()
 
-    main(args)  # the requeued job: same job id, same command
+    with caplog.at_level("INFO"):
+        main(args)  # the requeued job: same job id, same command
+    assert "8 of 12 samples are read back" in caplog.text  # resumed, not generated again
     assert outputs(requeued) == expected

@@ -5,8 +5,10 @@ from lightning_fair.methods.attribute_switching import AttributeSwitching
 from lightning_fair.methods.base import DebiasingMethod, method_registry
 from lightning_fair.methods.conditions import Prompts
 from lightning_fair.methods.distribution_guidance import DistributionGuidance, HSpaceGuidance, HSpaceSampleGuidance
+from lightning_fair.methods.latent_pretraining import LatentDiffusionPretraining
 from lightning_fair.methods.plain import ConditionalSampling, PlainSampling
 from lightning_fair.methods.pretraining import DiffusionPretraining
+from lightning_fair.methods.vae_pretraining import VAEPretraining
 
 __all__ = [
     "AttributeDistributionPredictor",
@@ -17,7 +19,9 @@ __all__ = [
     "DistributionGuidance",
     "HSpaceGuidance",
     "HSpaceSampleGuidance",
+    "LatentDiffusionPretraining",
     "PlainSampling",
     "Prompts",
+    "VAEPretraining",
     "method_registry",
 ]

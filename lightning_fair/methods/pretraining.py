@@ -1,4 +1,4 @@
-"""Training a diffusers UNet2DModel from scratch, to serve as a frozen backbone later."""
+"""Training models from scratch with EMA weights (the shared base), and the pixel UNet trainer."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from abc import ABC, abstractmethod
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from lightning.pytorch import LightningModule
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from lightning_fair.data.base import AttributeDataModule
@@ -23,7 +24,110 @@ from lightning_fair.models import CONDITIONING_FILE, resolve_model_path
 from lightning_fair.utils.options import check_ranges
 
 
-class DiffusionPretraining(LightningModule):
+class EMAPretraining(LightningModule, ABC):
+    """The base of the trainers of models from scratch: AdamW with warm-up, EMA weights, atomic export.
+
+    A subclass builds the model it trains (:attr:`trained`), calls :meth:`average` once on it, and writes a copy of
+    it in :meth:`write`; its ``hparams`` hold ``output_dir``, ``image_size``, ``learning_rate``, ``weight_decay``
+    and ``warmup_steps``. The EMA is updated after every optimizer step with the warm-up decay of
+    :func:`ema_decay`; it is checkpointed with its step count. At the end of ``fit`` the EMA model is written into
+    ``output_dir``, replacing it atomically.
+    """
+
+    @property
+    @abstractmethod
+    def trained(self) -> nn.Module:
+        """The module whose weights are optimized and averaged."""
+
+    @abstractmethod
+    def write(self, folder: Path, model: nn.Module) -> None:
+        """Writes ``model`` (the EMA or the raw copy of :attr:`trained`) and what goes with it into ``folder``."""
+
+    def average(self, ema_decay: float, ema_inv_gamma: float, ema_power: float) -> None:
+        """Starts the EMA of :attr:`trained` (``self.ema``), with the warm-up decay of :func:`ema_decay`."""
+        update = partial(ema_update, max_decay=ema_decay, inv_gamma=ema_inv_gamma, power=ema_power)
+        self.ema = AveragedModel(self.trained, multi_avg_fn=update, use_buffers=True)
+        self.ema.requires_grad_(False)
+
+    def setup(self, stage: str) -> None:
+        """Refuses training images of another size than ``image_size`` (the size the exported model records)."""
+        data = self.trainer.datamodule if self.trainer is not None else None
+        if isinstance(data, AttributeDataModule) and data.image_size != self.hparams["image_size"]:
+            raise ValueError(
+                f"Option 'image_size' of {type(self).__name__} is {self.hparams['image_size']} but the training images "
+                f"of '{data.root}' are {data.image_size} px: set both to the same size"
+            )
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Steps the optimizer, then updates the EMA weights.
+
+        Both happen before Lightning counts the batch as trained, so every checkpoint holds weights and EMA of the
+        same step (a checkpoint taken in ``on_train_batch_end``, e.g. every N steps, would otherwise miss one update).
+        """
+        super().optimizer_step(*args, **kwargs)
+        self.ema.update_parameters(self.trained)
+
+    def configure_optimizers(self) -> dict:
+        """AdamW on the trainable weights of :attr:`trained` with a linear warm-up."""
+        parameters = [parameter for parameter in self.trained.parameters() if parameter.requires_grad]
+        optimizer = torch.optim.AdamW(
+            parameters, lr=self.hparams["learning_rate"], weight_decay=self.hparams["weight_decay"]
+        )
+        warmup = max(1, self.hparams["warmup_steps"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_end(self) -> None:
+        """Writes the EMA model into ``output_dir`` (rank zero only)."""
+        if self.trainer.is_global_zero:
+            self.export(self.hparams["output_dir"])
+
+    def export(self, output_dir: str | Path, weights: Literal["ema", "raw"] = "ema") -> Path:
+        """Writes the EMA (or raw) model with :meth:`write` into ``output_dir``, atomically.
+
+        Everything is written into a hidden folder beside ``output_dir`` that then replaces it: a failure or a kill
+        never leaves a half-written model there.
+        """
+        if weights not in ("ema", "raw"):
+            raise ValueError(f"'weights' must be 'ema' or 'raw', got {weights!r}")
+        output_dir = Path(output_dir)
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+        try:
+            self.write(staging, self.ema.module if weights == "ema" else self.trained)
+            if output_dir.exists():
+                shutil.rmtree(output_dir)
+            os.replace(staging, output_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return output_dir
+
+    def training_view(self) -> float | None:
+        """``center_crop_fraction`` of the training DataModule; ``None`` when the model was not fitted on one."""
+        data = self._trainer.datamodule if self._trainer is not None else None
+        return data.center_crop_fraction if isinstance(data, AttributeDataModule) else None
+
+
+def check_training_options(
+    learning_rate: float,
+    weight_decay: float,
+    warmup_steps: int,
+    ema_decay: float,
+    ema_inv_gamma: float,
+    ema_power: float,
+) -> None:
+    """Raises a ``ValueError`` naming the first of the optimizer and EMA options out of its range."""
+    check_ranges(
+        positive={"learning_rate": learning_rate},
+        non_negative={"weight_decay": weight_decay, "warmup_steps": warmup_steps},
+    )
+    if not 0 <= ema_decay < 1:
+        raise ValueError(f"Option 'ema_decay' must lie in [0, 1), got {ema_decay}")
+    if ema_inv_gamma <= 0 or ema_power <= 0:
+        raise ValueError(f"Options 'ema_inv_gamma' and 'ema_power' must be positive, got {ema_inv_gamma}, {ema_power}")
+
+
+class DiffusionPretraining(EMAPretraining):
     """Trains an epsilon-predicting ``UNet2DModel`` on any DataModule of the framework (DDPM loss).
 
     Optionally class-conditional on one attribute with classifier-free null-label dropout: the class
@@ -105,16 +209,7 @@ class DiffusionPretraining(LightningModule):
             )
         if not 0 <= condition_dropout < 1:
             raise ValueError(f"Option 'condition_dropout' must lie in [0, 1), got {condition_dropout}")
-        check_ranges(
-            positive={"learning_rate": learning_rate},
-            non_negative={"weight_decay": weight_decay, "warmup_steps": warmup_steps},
-        )
-        if not 0 <= ema_decay < 1:
-            raise ValueError(f"Option 'ema_decay' must lie in [0, 1), got {ema_decay}")
-        if ema_inv_gamma <= 0 or ema_power <= 0:
-            raise ValueError(
-                f"Options 'ema_inv_gamma' and 'ema_power' must be positive, got {ema_inv_gamma}, {ema_power}"
-            )
+        check_training_options(learning_rate, weight_decay, warmup_steps, ema_decay, ema_inv_gamma, ema_power)
         self.save_hyperparameters()
         self.condition_column = None if condition_attribute is None else list(attributes).index(condition_attribute)
         self.null_label = num_condition_classes
@@ -132,19 +227,8 @@ class DiffusionPretraining(LightningModule):
         if init_weights is not None:
             self._load_initial_weights(init_weights)
         self.seed = seed
-        update = partial(ema_update, max_decay=ema_decay, inv_gamma=ema_inv_gamma, power=ema_power)
-        self.ema = AveragedModel(self.unet, multi_avg_fn=update, use_buffers=True)
-        self.ema.requires_grad_(False)
+        self.average(ema_decay, ema_inv_gamma, ema_power)
         self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
-
-    def setup(self, stage: str) -> None:
-        """Refuses training images of another size than ``image_size`` (the size the exported model records)."""
-        data = self.trainer.datamodule if self.trainer is not None else None
-        if isinstance(data, AttributeDataModule) and data.image_size != self.hparams["image_size"]:
-            raise ValueError(
-                f"Option 'image_size' of DiffusionPretraining is {self.hparams['image_size']} but the training images "
-                f"of '{data.root}' are {data.image_size} px: set both to the same size"
-            )
 
     def _load_initial_weights(self, reference: str) -> None:
         path = resolve_model_path(reference, "diffusion model for 'init_weights'")
@@ -200,15 +284,6 @@ class DiffusionPretraining(LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """Steps the optimizer, then updates the EMA weights.
-
-        Both happen before Lightning counts the batch as trained, so every checkpoint holds weights and EMA of the
-        same step (a checkpoint taken in ``on_train_batch_end``, e.g. every N steps, would otherwise miss one update).
-        """
-        super().optimizer_step(*args, **kwargs)
-        self.ema.update_parameters(self.unet)
-
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """DDPM loss of the EMA (``val/loss``) and the raw (``val/loss_raw``) weights.
 
@@ -219,63 +294,39 @@ class DiffusionPretraining(LightningModule):
             loss = self.diffusion_loss(unet, batch, dropout=0.0, generators=generators)
             self.log(name, loss, prog_bar=name == "val/loss", sync_dist=True)
 
-    def configure_optimizers(self) -> dict:
-        """AdamW on the UNet with a linear warm-up."""
-        optimizer = torch.optim.AdamW(
-            self.unet.parameters(), lr=self.hparams["learning_rate"], weight_decay=self.hparams["weight_decay"]
-        )
-        warmup = max(1, self.hparams["warmup_steps"])
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    @property
+    def trained(self) -> nn.Module:
+        """The UNet."""
+        return self.unet
 
-    def on_fit_end(self) -> None:
-        """Writes the EMA model into ``output_dir`` (rank zero only)."""
-        if self.trainer.is_global_zero:
-            self.export(self.hparams["output_dir"])
-
-    def export(self, output_dir: str | Path, weights: Literal["ema", "raw"] = "ema") -> Path:
-        """Writes the EMA (or raw) UNet, the noise scheduler and the record into ``output_dir``, atomically.
+    def write(self, folder: Path, model: nn.Module) -> None:
+        """Writes ``model`` as a diffusers ``DDPMPipeline`` folder with the noise scheduler, plus the record.
 
         The record (``lightning_fair.json``) holds the conditioning and the view of the training images
         (``center_crop_fraction`` of the training DataModule; ``null`` when the model was not fitted on one), which
         tells classifiers how to crop generated images to their own view.
         """
-        if weights not in ("ema", "raw"):
-            raise ValueError(f"'weights' must be 'ema' or 'raw', got {weights!r}")
-        output_dir = Path(output_dir)
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-        try:
-            unet = self.ema.module if weights == "ema" else self.unet
-            unet.save_pretrained(staging / "unet", safe_serialization=True)
-            self.scheduler.save_pretrained(staging / "scheduler")
-            model_index = {
-                "_class_name": "DDPMPipeline",
-                "unet": ["diffusers", "UNet2DModel"],
-                "scheduler": ["diffusers", "DDPMScheduler"],
+        model.save_pretrained(folder / "unet", safe_serialization=True)
+        self.scheduler.save_pretrained(folder / "scheduler")
+        model_index = {
+            "_class_name": "DDPMPipeline",
+            "unet": ["diffusers", "UNet2DModel"],
+            "scheduler": ["diffusers", "DDPMScheduler"],
+        }
+        (folder / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+        conditioning = None
+        if self.condition_column is not None:
+            conditioning = {
+                "attribute": self.hparams["condition_attribute"],
+                "num_classes": self.null_label,
+                "null_label": self.null_label,
             }
-            (staging / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
-            conditioning = None
-            if self.condition_column is not None:
-                conditioning = {
-                    "attribute": self.hparams["condition_attribute"],
-                    "num_classes": self.null_label,
-                    "null_label": self.null_label,
-                }
-            data = self._trainer.datamodule if self._trainer is not None else None
-            view = data.center_crop_fraction if isinstance(data, AttributeDataModule) else None
-            record = {
-                "conditioning": conditioning,
-                "image_size": self.hparams["image_size"],
-                "center_crop_fraction": view,
-            }
-            (staging / CONDITIONING_FILE).write_text(json.dumps(record, indent=2) + "\n")
-            if output_dir.exists():
-                shutil.rmtree(output_dir)
-            os.replace(staging, output_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return output_dir
+        record = {
+            "conditioning": conditioning,
+            "image_size": self.hparams["image_size"],
+            "center_crop_fraction": self.training_view(),
+        }
+        (folder / CONDITIONING_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def ema_decay(step: int, max_decay: float, inv_gamma: float, power: float) -> float:

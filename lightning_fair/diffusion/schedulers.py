@@ -38,3 +38,14 @@ def make_scheduler(
 def training_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "linear", **options: Any) -> DDPMScheduler:
     """The ``DDPMScheduler`` a model is trained with (forward noising) and exported beside it."""
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, **options)
+
+
+def sampling_scheduler(**schedule: Any) -> DDIMScheduler:
+    """The ``DDIMScheduler`` exported with a text-to-image model (Stable Diffusion 1.x's settings by default)."""
+    settings = {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
+    return DDIMScheduler(**{**settings, **schedule})
+
+
+def pipeline_entry(scheduler: SchedulerMixin) -> list[str]:
+    """The ``model_index.json`` entry of ``scheduler`` (library and class name)."""
+    return ["diffusers", type(scheduler).__name__]

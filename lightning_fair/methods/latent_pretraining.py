@@ -7,12 +7,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from torch import Tensor, nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from lightning_fair.data.captions import CaptionWriter, caption_words
 from lightning_fair.data.vocabulary import build_tokenizer, write_tokenizer
+from lightning_fair.diffusion.schedulers import sampling_scheduler, training_scheduler
 from lightning_fair.diffusion.seeding import NOISE_STREAM, per_sample_randn, sample_generators, training_generators
 from lightning_fair.methods.pretraining import EMAPretraining, check_training_options
 from lightning_fair.methods.vae_pretraining import encode, unaugmented
@@ -26,7 +27,6 @@ NOISE_SCHEDULE = {
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
 }
-DDIM_SETTINGS = {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
 
 
 class LatentDiffusionPretraining(EMAPretraining):
@@ -155,7 +155,7 @@ class LatentDiffusionPretraining(EMAPretraining):
         self.denoiser = nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
         self.seed = seed
         self.average(ema_decay, ema_inv_gamma, ema_power)
-        self.scheduler = DDPMScheduler(**NOISE_SCHEDULE)
+        self.scheduler = training_scheduler(**NOISE_SCHEDULE)
         self.latents: Tensor | None = None  # (images, unmirrored/mirrored, C, h, w), from setup
         self.latent_rows: Tensor | None = None  # position in `latents` of each table row
 
@@ -237,7 +237,7 @@ class LatentDiffusionPretraining(EMAPretraining):
             text_encoder=model["text_encoder"],
             tokenizer=self.tokenizer,
             unet=model["unet"],
-            scheduler=DDIMScheduler(**NOISE_SCHEDULE, **DDIM_SETTINGS),
+            scheduler=sampling_scheduler(**NOISE_SCHEDULE),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,

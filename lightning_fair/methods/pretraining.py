@@ -13,12 +13,13 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import UNet2DModel
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from lightning_fair.data.base import AttributeDataModule
+from lightning_fair.diffusion.schedulers import pipeline_entry, training_scheduler
 from lightning_fair.diffusion.seeding import NOISE_STREAM, per_sample_randn, sample_generators, training_generators
 from lightning_fair.models import CONDITIONING_FILE, resolve_model_path
 from lightning_fair.utils.options import check_ranges
@@ -228,7 +229,7 @@ class DiffusionPretraining(EMAPretraining):
             self._load_initial_weights(init_weights)
         self.seed = seed
         self.average(ema_decay, ema_inv_gamma, ema_power)
-        self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
+        self.scheduler = training_scheduler(num_train_timesteps, beta_schedule)
 
     def _load_initial_weights(self, reference: str) -> None:
         path = resolve_model_path(reference, "diffusion model for 'init_weights'")
@@ -311,7 +312,7 @@ class DiffusionPretraining(EMAPretraining):
         model_index = {
             "_class_name": "DDPMPipeline",
             "unet": ["diffusers", "UNet2DModel"],
-            "scheduler": ["diffusers", "DDPMScheduler"],
+            "scheduler": pipeline_entry(self.scheduler),
         }
         (folder / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
         conditioning = None

@@ -95,9 +95,11 @@ class DiffusionBackbone(nn.Module, ABC):
     # ------------------------------------------------------------------------------------------------ shapes
 
     @property
-    @abstractmethod
     def sample_shape(self) -> tuple[int, int, int]:
         """Shape ``(C, H, W)`` of what the UNet denoises (images for pixel models, latents otherwise)."""
+        size = self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        return self.unet.config.in_channels, height, width
 
     @property
     @abstractmethod

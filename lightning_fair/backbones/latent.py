@@ -25,8 +25,8 @@ class LatentTextToImageBackbone(DiffusionBackbone):
     The UNet reads ``CLIPTextModel`` embeddings of prompts tokenised by ``CLIPTokenizer``.
     The same code loads a real SD 1.x / 2.x folder and the shipped ``synthetic_faces_sd``. Prompts are encoded once
     per batch (each distinct prompt once); the empty prompt is the null condition of classifier-free guidance; a
-    prompt longer than the tokenizer's limit is truncated with a warning. The UNet computes in half precision on a
-    GPU (``precision="auto"``) and in float32 on the CPU; the VAE and the text encoder stay in float32. The
+    prompt longer than the tokenizer's limit is truncated with a warning. UNet, VAE and text encoder compute in half
+    precision on a GPU (``precision="auto"``) and in float32 on the CPU; the sampler's own arithmetic is float32. The
     neutral prompt recorded in ``lightning_fair.json`` (if any) is the default condition of unguided sampling.
 
     Args:
@@ -77,24 +77,18 @@ class LatentTextToImageBackbone(DiffusionBackbone):
         return True
 
     @property
-    def sample_shape(self) -> tuple[int, int, int]:
-        """Shape ``(C, h, w)`` of the latents."""
-        size = self.unet.config.sample_size
-        height, width = (size, size) if isinstance(size, int) else tuple(size)
-        return self.unet.config.in_channels, height, width
-
-    @property
     def image_shape(self) -> tuple[int, int, int]:
         """Shape ``(3, H, W)`` of the decoded images."""
         _, height, width = self.sample_shape
         return self.vae.config.out_channels, height * self.vae_scale_factor, width * self.vae_scale_factor
 
     def use_precision_for(self, device: torch.device) -> None:
-        """Half-precision UNet on a GPU (``precision="auto"``), float32 elsewhere."""
+        """Half precision on a GPU (``precision="auto"``), as Stable Diffusion is run; float32 elsewhere."""
         half = self.precision == "auto" and torch.device(device).type == "cuda"
         dtype = torch.float16 if half else torch.float32
         if self.dtype != dtype:
-            self.unet.to(dtype)
+            for module in (self.unet, self.vae, self.text_encoder):
+                module.to(dtype)
 
     # ---------------------------------------------------------------------------------------------- images
 

@@ -61,13 +61,6 @@ class PixelBackbone(DiffusionBackbone):
         self._finish_setup()
 
     @property
-    def sample_shape(self) -> tuple[int, int, int]:
-        """Shape ``(C, H, W)`` of the images the model denoises."""
-        size = self.unet.config.sample_size
-        height, width = (size, size) if isinstance(size, int) else tuple(size)
-        return self.unet.config.in_channels, height, width
-
-    @property
     def image_shape(self) -> tuple[int, int, int]:
         """Same as :attr:`sample_shape`."""
         return self.sample_shape

@@ -26,9 +26,9 @@ def combine_guidance(eps_condition: Tensor, eps_null: Tensor, scale: float, form
     raise ValueError(f"Option 'cfg_formula' must be 'imagen' or 'one_plus_w', got {formula!r}")
 
 
-def is_unguided(scale: float, formula: GuidanceFormula) -> bool:
-    """Whether ``scale`` makes guidance plain conditional sampling (no null branch needed)."""
-    return scale == (1.0 if formula == "imagen" else 0.0)
+def is_unguided(scale: float | None, formula: GuidanceFormula) -> bool:
+    """Whether ``scale`` makes guidance plain conditional sampling (no null branch needed); ``None`` always does."""
+    return scale is None or scale == (1.0 if formula == "imagen" else 0.0)
 
 
 def guided_eps(
@@ -37,7 +37,7 @@ def guided_eps(
     t: Tensor,
     condition: Condition,
     null_condition: Condition,
-    scale: float,
+    scale: float | None,
     formula: GuidanceFormula = "imagen",
     h_edit: HEdit | None = None,
     adapter: AdapterInputs | None = None,

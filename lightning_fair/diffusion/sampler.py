@@ -24,8 +24,9 @@ class SamplerConfig:
         clip_sample: clip the predicted clean image to [-1, 1] at each step (pixel models; latents never are).
         timestep_spacing: how the inference timesteps are picked from the training ones (diffusers'
             ``leading``, ``trailing`` or ``linspace``); ``trailing`` starts at the last training step.
-        cfg_scale: classifier-free guidance scale of every conditional call (1 with ``imagen``, 0 with
-            ``one_plus_w``: no guidance, one UNet call). Stable Diffusion's usual value is 7.5 (``imagen``).
+        cfg_scale: classifier-free guidance scale of every conditional call; ``None`` (default) is no guidance (one
+            UNet call), as are 1 with ``imagen`` and 0 with ``one_plus_w``. Stable Diffusion's usual value is 7.5
+            (``imagen``).
         cfg_formula: ``imagen`` (``eps_null + w (eps_cond - eps_null)``, diffusers' convention) or ``one_plus_w``
             (``(1 + w) eps_cond - w eps_null``, Ho & Salimans).
     """
@@ -35,7 +36,7 @@ class SamplerConfig:
     eta: float = 0.0
     clip_sample: bool = True
     timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
-    cfg_scale: float = 1.0
+    cfg_scale: float | None = None
     cfg_formula: Literal["imagen", "one_plus_w"] = "imagen"
 
     def __post_init__(self) -> None:
@@ -50,7 +51,7 @@ class SamplerConfig:
                 "Sampler option 'timestep_spacing' must be 'leading', 'trailing' or 'linspace', "
                 f"got {self.timestep_spacing!r}"
             )
-        if not self.cfg_scale >= 0:
+        if self.cfg_scale is not None and not self.cfg_scale >= 0:
             raise ValueError(f"Sampler option 'cfg_scale' must be non-negative, got {self.cfg_scale}")
         if self.cfg_formula not in ("imagen", "one_plus_w"):
             raise ValueError(f"Sampler option 'cfg_formula' must be 'imagen' or 'one_plus_w', got {self.cfg_formula!r}")

@@ -19,6 +19,8 @@ def make_scheduler(
 ) -> SchedulerMixin:
     """A ``DDIMScheduler`` or ``DDPMScheduler`` over the model's schedule, with its inference timesteps set.
 
+    It always steps on predicted noise: backbones turn ``v_prediction`` and ``sample`` outputs into eps.
+
     Args:
         scheduler_config: the model's noise-schedule config (betas, number of training steps, prediction type).
         kind: ``ddim`` or ``ddpm``.
@@ -28,7 +30,7 @@ def make_scheduler(
     """
     scheduler_class = DDIMScheduler if kind == "ddim" else DDPMScheduler
     scheduler = scheduler_class.from_config(
-        scheduler_config, clip_sample=clip_sample, timestep_spacing=timestep_spacing
+        scheduler_config, clip_sample=clip_sample, timestep_spacing=timestep_spacing, prediction_type="epsilon"
     )
     if num_inference_steps is not None:
         scheduler.set_timesteps(num_inference_steps)

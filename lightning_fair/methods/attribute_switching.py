@@ -91,8 +91,12 @@ class AttributeSwitching(DebiasingMethod):
         train_steps = self.backbone.scheduler_config["num_train_timesteps"]
         if tau is not None and not 0 <= tau < train_steps:
             raise ValueError(f"Option 'tau' must lie in 0..{train_steps - 1}, got {tau}")
-        if search_steps < 2:
-            raise ValueError(f"Option 'search_steps' must be at least 2, got {search_steps}")
+        most_steps = train_steps - self.backbone.scheduler_config.get("steps_offset", 0)
+        if not 2 <= search_steps <= most_steps:
+            raise ValueError(
+                f"Option 'search_steps' must lie in 2..{most_steps} (the timesteps of '{self.backbone.reference}'), "
+                f"got {search_steps}"
+            )
         self.register_buffer("tau", torch.tensor(-1 if tau is None else tau))
         self.automatic_optimization = False
         self.search = make_scheduler(

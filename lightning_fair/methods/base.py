@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
-from lightning_fair.backbones import Condition, DiffusionBackbone, load_backbone
+from lightning_fair.backbones import AdapterInputs, Condition, DiffusionBackbone, load_backbone
 from lightning_fair.backbones.base import HEdit
 from lightning_fair.data.base import VIEW_TOLERANCE, AttributeDataModule
 from lightning_fair.data.generated import as_stored
@@ -145,12 +145,20 @@ class DebiasingMethod(LightningModule):
         return self.backbone.prompt_condition([prompt] * batch_size).to(self.device)
 
     def unet_eps(
-        self, x: Tensor, step: Step, state: SamplingState, condition: Condition = None, h_edit: HEdit | None = None
+        self,
+        x: Tensor,
+        step: Step,
+        state: SamplingState,
+        condition: Condition = None,
+        h_edit: HEdit | None = None,
+        adapter: AdapterInputs | None = None,
+        null_adapter: AdapterInputs | None = None,
     ) -> Tensor:
         """The backbone's noise for ``condition`` (default: the state's), with the sampler's classifier-free guidance.
 
         ``h_edit`` replaces the h-space tensor inside the call; under guidance it sees both halves of the batched
-        ``[conditional; null]`` call.
+        ``[conditional; null]`` call. ``adapter`` (and, for the null half, ``null_adapter``) is what a trainable
+        module adds to the call.
         """
         config = self.sampler.config
         condition = state.condition if condition is None else condition
@@ -163,6 +171,8 @@ class DebiasingMethod(LightningModule):
             config.cfg_scale,
             config.cfg_formula,
             h_edit=h_edit,
+            adapter=adapter,
+            null_adapter=null_adapter,
         )
 
     @property

@@ -206,16 +206,24 @@ class HSpaceGuidance(DebiasingMethod):
             choice = torch.cat([torch.randint(len(timesteps), (1,), generator=g) for g in generators])
             t = timesteps[choice.to(images.device)]
             noise = per_sample_randn(generators, tuple(x0.shape[1:]), images.device)
-            return self.backbone.h(self.sampler.add_noise(x0, noise, t), t, condition), t
+            return self.noised_h(x0, noise, t, condition), t
         features: list[Tensor] = []
 
+        def keep(h: Tensor) -> Tensor:
+            features.append(h.float())
+            return h
+
         def eps_reading_h(x: Tensor, t: Tensor) -> Tensor:
-            return self.backbone.eps(x, t, condition, h_edit=lambda h: features.append(h) or h)
+            return self.backbone.eps(x, t, condition, h_edit=keep)
 
         ascending = timesteps.flip(0)
         ddim_inversion(eps_reading_h, x0, ascending, self.sampler.scheduler.alphas_cumprod)
         steps = [t.expand(len(images)) for t in ascending]
         return torch.cat(features), torch.cat(steps)
+
+    def noised_h(self, x0: Tensor, noise: Tensor, t: Tensor, condition: Tensor | None) -> Tensor:
+        """H (float32) of ``x0`` noised by the forward process to timesteps ``t`` (``(B,)``), under ``condition``."""
+        return self.backbone.h(self.sampler.add_noise(x0, noise, t), t, condition).float()
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Cross-entropy of every ADP against the classifier's pseudo-labels.
@@ -251,8 +259,8 @@ class HSpaceGuidance(DebiasingMethod):
             condition = self.neutral_condition(len(images))
             features = []
             for t in timesteps:
-                noisy = self.sampler.add_noise(x0, noise, t.expand(len(images)))
-                features.append((self.backbone.h(noisy, t, condition), t.expand(len(images))))
+                t = t.expand(len(images))
+                features.append((self.noised_h(x0, noise, t, condition), t))
         for h, t in features:
             repeats = len(h) // len(images)
             step = self.predictors[self.attributes[0]].head_index(t)
@@ -306,11 +314,14 @@ class HSpaceGuidance(DebiasingMethod):
         raise NotImplementedError
 
     def edit_h(self, h: Tensor, t: Tensor, state: SamplingState) -> Tensor:
-        """The h-space tensor after one gradient step on the scaled :meth:`guidance_losses` (official schedule)."""
+        """The h-space tensor after one gradient step on the scaled :meth:`guidance_losses` (official schedule).
+
+        Computed in float32 whatever the UNet's precision (the backbone casts the result back).
+        """
         options = self.hparams
         # Lightning samples under inference mode: the gradient on h needs a normal tensor and autograd.
         with torch.inference_mode(False), torch.enable_grad():
-            h = h.detach().clone().requires_grad_(True)
+            h = h.detach().float().clone().requires_grad_(True)
             t = t.clone()
             losses = self.guidance_losses(h, t, state)
             loss = options["loss_weight"] * sum(self.guidance_scales[name] * losses[name] for name in self.attributes)

@@ -14,12 +14,14 @@ from test_reliability_resume import Crash
 from transformers import CLIPTokenizer
 
 import lightning_fair.methods.latent_pretraining as latent_pretraining
+from lightning_fair.cli import main
 from lightning_fair.data import CelebADataModule
 from lightning_fair.data.captions import CaptionWriter, caption_words
 from lightning_fair.data.vocabulary import write_tokenizer
 from lightning_fair.diffusion.seeding import training_generators
 from lightning_fair.methods import LatentDiffusionPretraining, VAEPretraining
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 ATTRIBUTES = ["Male", "Blond_Hair", "Black_Hair", "Brown_Hair", "Eyeglasses", "Smiling", "Bangs", "Pale_Skin"]
 TINY_UNET = {
     "block_out_channels": (8, 16),
@@ -236,6 +238,35 @@ def test_unet_options_are_checked(faces_root: Path, tiny_vae: Path, tmp_path: Pa
         trainer(tmp_path, steps=1).fit(
             tiny_unet_module(tmp_path / "sd", tiny_vae, image_size=16), datamodule(faces_root)
         )
+
+
+def test_configs_fit_the_vae_then_the_pipeline_from_the_command_line(
+    faces_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both configs with tiny models, in the order of their comments; the second reads the first one's VAE."""
+    monkeypatch.chdir(tmp_path)
+    common = [
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+        f"--data.init_args.root={faces_root}",
+        "--data.init_args.synthetic.init_args.num_images=300",  # the settings faces_root was written with
+        "--data.init_args.synthetic.init_args.seed=3",
+        "--data.init_args.batch_size=8",
+        "--data.init_args.num_workers=0",
+    ]
+    vae = ["--model.init_args.block_out_channels=[8, 8, 8]", "--model.init_args.norm_num_groups=4"]
+    unet = [
+        f"--model.init_args.{name}={list(value) if isinstance(value, tuple) else value}"
+        for name, value in TINY_UNET.items()
+    ]
+    configs = REPO_ROOT / "configs" / "synthetic_faces_sd"
+    main(["fit", "-c", str(configs / "pretrain_vae.yaml"), *common, *vae])
+    assert (tmp_path / "models/synthetic_faces_sd/vae/config.json").is_file()
+    main(["fit", "-c", str(configs / "pretrain_unet.yaml"), *common, *unet])
+    assert (tmp_path / "logs/synthetic_faces_sd/pretrain_unet/version_0/hparams.yaml").is_file()  # model + data
+    pipeline = StableDiffusionPipeline.from_pretrained(tmp_path / "models/synthetic_faces_sd")
+    assert pipeline.unet.config.block_out_channels == [8, 16]
 
 
 # ---------------------------------------------------------------------------------------------------- resume

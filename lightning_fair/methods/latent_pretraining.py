@@ -39,7 +39,7 @@ class LatentDiffusionPretraining(EMAPretraining):
 
     The latents (posterior means, times the VAE's ``scaling_factor``) of every training image and of its mirror image
     are computed once, at the start of ``fit``, and read by image index: the DataModule's own flips are not used; each
-    image is mirrored with probability 1/2 when ``horizontal_flip`` is set. The caption, mirroring, timestep and noise
+    image is mirrored with probability 1/2 when ``mirror_images`` is set. The caption, mirroring, timestep and noise
     of each image depend only on ``(seed, epoch, image index)``, so a fit resumed with ``--ckpt_path`` ends as an
     uninterrupted one. EMA weights of UNet and text encoder with warm-up, as
     :class:`~lightning_fair.methods.pretraining.DiffusionPretraining`.
@@ -58,7 +58,7 @@ class LatentDiffusionPretraining(EMAPretraining):
         person_probability: probability of writing ``person`` in place of ``man`` or ``woman`` in a caption.
         phrase_dropout: probability of leaving out each attribute phrase of a caption.
         caption_dropout: probability of the empty caption (the null condition).
-        horizontal_flip: mirror each training image with probability 1/2.
+        mirror_images: mirror each training image with probability 1/2 (its cached mirrored latents).
         block_out_channels: UNet channels of each resolution level (every level has cross-attention, and so has
             the mid block, whose output is the h-space).
         layers_per_block: UNet ResNet layers per level.
@@ -90,7 +90,7 @@ class LatentDiffusionPretraining(EMAPretraining):
         person_probability: float = 0.5,
         phrase_dropout: float = 0.5,
         caption_dropout: float = 0.1,
-        horizontal_flip: bool = True,
+        mirror_images: bool = True,
         block_out_channels: tuple[int, ...] = (64, 112),
         layers_per_block: int = 1,
         attention_head_dim: int = 8,
@@ -213,7 +213,7 @@ class LatentDiffusionPretraining(EMAPretraining):
         generators = training_generators(self.seed, self.current_epoch, batch["index"])
         captions = self.captions(batch["attributes"], generators)
         mirrored = torch.cat([torch.rand(1, generator=generator) < 0.5 for generator in generators])
-        mirrored &= bool(self.hparams["horizontal_flip"])
+        mirrored &= bool(self.hparams["mirror_images"])
         rows = self.latent_rows[batch["index"].cpu()]
         latents = self.latents[rows, mirrored.long()].to(self.device)
         loss = self.diffusion_loss(self.denoiser, latents, captions, generators)

@@ -20,6 +20,7 @@ from lightning_fair.data.captions import CaptionWriter, caption_words
 from lightning_fair.data.vocabulary import write_tokenizer
 from lightning_fair.diffusion.seeding import training_generators
 from lightning_fair.methods import LatentDiffusionPretraining, VAEPretraining
+from lightning_fair.models import resolve_model_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ATTRIBUTES = ["Male", "Blond_Hair", "Black_Hair", "Brown_Hair", "Eyeglasses", "Smiling", "Bangs", "Pale_Skin"]
@@ -282,6 +283,7 @@ def resumable_fit(method: str, root: Path, faces_root: Path, vae: Path, crash_at
     return module
 
 
+@pytest.mark.slow  # 2 to 4 s with OMP_NUM_THREADS=1; 25 to 40 s with torch's 2 threads on a busy 2-core machine
 @pytest.mark.parametrize("method", ["vae", "unet"])
 def test_a_crashed_fit_resumes_to_the_uninterrupted_weights(
     method: str, faces_root: Path, tiny_vae: Path, tmp_path: Path
@@ -297,3 +299,20 @@ def test_a_crashed_fit_resumes_to_the_uninterrupted_weights(
     torch.testing.assert_close(resumed.state_dict(), expected.state_dict(), rtol=0, atol=0)
     [ours], [theirs] = resumed.trainer.optimizers, expected.trainer.optimizers
     torch.testing.assert_close(ours.state_dict()["state"], theirs.state_dict()["state"], rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------ shipped model
+
+
+def test_shipped_model_folder_is_a_complete_stable_diffusion_pipeline() -> None:
+    """The committed folder loads offline, with the record, the tokenizer and the size its card states (no sampling)."""
+    folder = resolve_model_path("synthetic_faces_sd", "text-to-image model")
+    assert sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) < 20e6
+    record = json.loads((folder / "lightning_fair.json").read_text())
+    conditioning = {"kind": "text", "neutral_prompt": "a photo of a person"}
+    assert record == {"conditioning": conditioning, "image_size": 32, "center_crop_fraction": 1.0}
+    pipeline = StableDiffusionPipeline.from_pretrained(folder)
+    assert pipeline.unet.config.sample_size * pipeline.vae_scale_factor == 32
+    assert pipeline.unet.config.cross_attention_dim == pipeline.text_encoder.config.hidden_size == 64
+    for word in caption_words():
+        assert len(pipeline.tokenizer(word, add_special_tokens=False).input_ids) == 1, word

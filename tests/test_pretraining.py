@@ -103,7 +103,7 @@ def test_ema_forgets_the_first_weights_within_a_short_run(tmp_path: Path) -> Non
         share *= ema_decay(updates_done, max_decay=0.999, inv_gamma=1.0, power=0.75)
     assert share < 1e-6  # 0.999 ** 799 = 0.45 without warm-up
     for name, value in module.ema.module.named_parameters():
-        torch.testing.assert_close(value, first[name] + 1, rtol=0, atol=1e-5)  # the raw weights
+        torch.testing.assert_close(value, first[name] + 1, rtol=1e-5, atol=1e-5)  # the raw weights (float32 rounding)
 
 
 def test_validation_logs_the_loss_of_ema_and_raw_weights(faces_root: Path, tmp_path: Path) -> None:

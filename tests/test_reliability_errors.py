@@ -28,7 +28,8 @@ from lightning_fair.metrics import validate_distribution
 REPO_ROOT = Path(__file__).resolve().parents[1]
 UNET_EXPECTED = (
     "expected a diffusers UNet2DModel folder (config.json and diffusion_pytorch_model.safetensors) or a pipeline "
-    "folder with one in unet/"
+    "folder with one in unet/, or a StableDiffusionPipeline folder (model_index.json and unet/, vae/, text_encoder/, "
+    "tokenizer/, scheduler/, as written by StableDiffusionPipeline.save_pretrained)"
 )
 UNREADABLE = (
     "is not a readable checkpoint (UnpicklingError); expected a file written by Lightning or torch.save holding "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_fair.utils.options import check_ranges
+
 GENDER_ATTRIBUTE = "Male"
 GENDER_WORDS = ("woman", "man")  # class 0, class 1 of the gender attribute
 NEUTRAL_WORD = "person"
@@ -56,9 +58,7 @@ class CaptionWriter:
             "phrase_dropout": phrase_dropout,
             "empty_probability": empty_probability,
         }
-        for name, value in probabilities.items():
-            if not 0 <= value <= 1:
-                raise ValueError(f"Option '{name}' must be a probability in [0, 1], got {value}")
+        check_ranges(probability=probabilities)
         self.attributes = list(attributes)
         self.person_probability = person_probability
         self.phrase_dropout = phrase_dropout

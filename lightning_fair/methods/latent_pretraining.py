@@ -15,7 +15,7 @@ from lightning_fair.data.captions import CaptionWriter, caption_words
 from lightning_fair.data.vocabulary import build_tokenizer, write_tokenizer
 from lightning_fair.diffusion.schedulers import sampling_scheduler, training_scheduler
 from lightning_fair.diffusion.seeding import NOISE_STREAM, per_sample_randn, sample_generators, training_generators
-from lightning_fair.methods.pretraining import EMAPretraining, check_training_options
+from lightning_fair.methods.pretraining import EMAPretraining, check_group_norm, check_training_options
 from lightning_fair.methods.vae_pretraining import encode, unaugmented
 from lightning_fair.models import CONDITIONING_FILE, resolve_model_path
 
@@ -111,8 +111,7 @@ class LatentDiffusionPretraining(EMAPretraining):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if any(channels % norm_num_groups for channels in block_out_channels):
-            raise ValueError(f"Option 'norm_num_groups' ({norm_num_groups}) must divide {list(block_out_channels)}")
+        check_group_norm(norm_num_groups, block_out_channels)
         if text_hidden_size % text_heads:
             raise ValueError(f"Option 'text_heads' ({text_heads}) must divide 'text_hidden_size' ({text_hidden_size})")
         unknown = [word for word in neutral_prompt.split() if word not in caption_words()]

@@ -109,6 +109,12 @@ class EMAPretraining(LightningModule, ABC):
         return data.center_crop_fraction if isinstance(data, AttributeDataModule) else None
 
 
+def check_group_norm(norm_num_groups: int, block_out_channels: tuple[int, ...]) -> None:
+    """Raises a ``ValueError`` unless ``norm_num_groups`` divides every channel count."""
+    if any(channels % norm_num_groups for channels in block_out_channels):
+        raise ValueError(f"Option 'norm_num_groups' ({norm_num_groups}) must divide {list(block_out_channels)}")
+
+
 def check_training_options(
     learning_rate: float,
     weight_decay: float,
@@ -202,8 +208,7 @@ class DiffusionPretraining(EMAPretraining):
         attention = tuple(attention_levels) if attention_levels is not None else (False,) * levels
         if len(attention) != levels:
             raise ValueError(f"Option 'attention_levels' has {len(attention)} entries for {levels} levels")
-        if any(channels % norm_num_groups for channels in block_out_channels):
-            raise ValueError(f"Option 'norm_num_groups' ({norm_num_groups}) must divide {list(block_out_channels)}")
+        check_group_norm(norm_num_groups, block_out_channels)
         if condition_attribute is not None and condition_attribute not in (attributes or []):
             raise ValueError(
                 f"Option 'condition_attribute' ({condition_attribute!r}) must be one of 'attributes': {attributes}"

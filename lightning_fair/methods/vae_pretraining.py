@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.data.dataset import AttributeImageDataset
 from lightning_fair.diffusion.seeding import NOISE_STREAM, per_sample_randn, sample_generators, training_generators
-from lightning_fair.methods.pretraining import EMAPretraining, check_training_options
+from lightning_fair.methods.pretraining import EMAPretraining, check_group_norm, check_training_options
 from lightning_fair.utils.options import check_ranges
 
 
@@ -74,8 +74,7 @@ class VAEPretraining(EMAPretraining):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if any(channels % norm_num_groups for channels in block_out_channels):
-            raise ValueError(f"Option 'norm_num_groups' ({norm_num_groups}) must divide {list(block_out_channels)}")
+        check_group_norm(norm_num_groups, block_out_channels)
         if reconstruction_loss not in ("l1", "mse"):
             raise ValueError(f"Option 'reconstruction_loss' must be 'l1' or 'mse', got {reconstruction_loss!r}")
         check_ranges(positive={"scaling_images": scaling_images}, non_negative={"kl_weight": kl_weight})

@@ -10,6 +10,7 @@ import numpy as np
 from lightning_fair.data.celeba import ATTRIBUTE_FILE, CELEBA_ATTRIBUTES, IMAGE_FOLDER, PARTITION_FILE
 from lightning_fair.data.synthetic.base import SyntheticDataset
 from lightning_fair.data.synthetic.render import Canvas, jitter, random_color, render_in_parallel, scale_color
+from lightning_fair.utils.options import check_ranges
 
 HAIR_COLORS = {"Blond_Hair": (232, 196, 84), "Brown_Hair": (92, 50, 20), "Black_Hair": (34, 28, 26)}
 SKIN_DARK, SKIN_LIGHT = np.array([150, 100, 70]), np.array([250, 218, 192])
@@ -71,9 +72,8 @@ class SyntheticFaces(SyntheticDataset):
             "smiling_probability": smiling_probability,
             "bangs_probability": bangs_probability,
         }
+        check_ranges(probability=probabilities)
         for name, value in probabilities.items():
-            if not 0 <= value <= 1:
-                raise ValueError(f"Option '{name}' must be a probability in [0, 1], got {value}")
             setattr(self, name, float(value))
 
     def sample_labels(self) -> tuple[np.ndarray, np.ndarray]:

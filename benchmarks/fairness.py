@@ -13,8 +13,10 @@ Run from the repository root (the configs' data folders are relative to it)::
 
 Prints a Markdown table and writes a JSON list of rows with ``method``, ``fd``, ``fd_l1``, ``fd_kl``,
 ``proportions`` (of the sensitive attribute), ``fd_by_attribute`` (with the evaluator's ``extra_targets``),
-``dp_gap``, ``fid_cls``, ``kid_cls``, ``confident``, ``agreement`` (of the sensitive attribute with the class the
-method requested, where it requests one), ``seconds`` (time spent generating, evaluation excluded; the
+``dp_gap``, ``bias_score`` (InvDiff's, over all samples), ``bias_score_by_condition`` (its mean and per-class
+values within the classes a method requested, per conditioning attribute: InvDiff's per-prompt score), ``fid_cls``,
+``kid_cls``, ``confident``, ``agreement`` (of the sensitive attribute with the class the method requested, where it
+requests one), ``seconds`` (time spent generating, evaluation excluded; the
 fastest of ``--repeats`` runs), ``run_seconds`` (every run), ``time_ratio``, ``fit_seconds``, ``checkpoint`` (the
 given one, or the one the benchmark fitted into ``<log-dir>/<dataset>/<method>/checkpoints``: a benchmark never
 writes into the config's own checkpoint folder).
@@ -146,6 +148,8 @@ def run_method(
             evaluator.sensitive: results["fd"],
             **{name: results[f"fd/{name}"] for name in evaluator.extra_targets},
         },
+        "bias_score": finite_or_none(results["bias_score"]),
+        "bias_score_by_condition": bias_by_condition(results),
         "dp_gap": finite_or_none(results.get("dp_gap")),
         "fid_cls": finite_or_none(results.get("fid_cls")),
         "kid_cls": finite_or_none(results.get("kid_cls")),
@@ -156,6 +160,21 @@ def run_method(
         "fit_seconds": fit_seconds,
         "log_dir": str(trainer.log_dir),
     }
+
+
+def bias_by_condition(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """InvDiff's bias score within each requested class, for every attribute a method conditions on."""
+    scores: dict[str, dict[str, Any]] = {}
+    for name, value in results.items():
+        if name.startswith("bias_score_by/"):
+            attribute = name.removeprefix("bias_score_by/")
+            per_class = {
+                key.removeprefix(f"bias_score/{attribute}="): finite_or_none(score)
+                for key, score in results.items()
+                if key.startswith(f"bias_score/{attribute}=")
+            }
+            scores[attribute] = {"mean": finite_or_none(value), "per_class": per_class}
+    return scores
 
 
 def finite_or_none(value: float | None) -> float | None:
@@ -172,16 +191,22 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table (with FD per attribute when a method balances several)."""
     sensitive = rows[0]["sensitive"]
     several = any(len(row["fd_by_attribute"]) > 1 for row in rows)
-    columns = ["method", "FD", "FD (L1)", f"P({sensitive})", "target", "DP gap", "fid_cls", "confident", "seconds"]
-    header = "| " + " | ".join([*columns, "time ratio"]) + " |"
-    lines = [header + (" FD by attribute |" if several else ""), "|---" * (10 + several) + "|"]
+    columns = ["method", "FD", "FD (L1)", f"P({sensitive})", "target", "DP gap", "bias", "bias per condition"]
+    header = "| " + " | ".join([*columns, "fid_cls", "confident", "seconds", "time ratio"]) + " |"
+    lines = [header + (" FD by attribute |" if several else ""), "|---" * (12 + several) + "|"]
     for row in rows:
         proportions = "/".join(f"{p:.3f}" for p in row["proportions"])
         target = "/".join(f"{p:.2f}" for p in row["target_distribution"])
+        by_condition = "; ".join(
+            f"{attribute} {cell(scores['mean'], 3)} ("
+            + ", ".join(f"{value}: {cell(score, 3)}" for value, score in scores["per_class"].items())
+            + ")"
+            for attribute, scores in row["bias_score_by_condition"].items()
+        )
         line = (
             f"| {row['method']} | {row['fd']:.4f} | {row['fd_l1']:.4f} | {proportions} | {target} | "
-            f"{cell(row['dp_gap'], 4)} | {cell(row['fid_cls'], 2)} | {row['confident']:.3f} | {row['seconds']:.1f} | "
-            f"{row['time_ratio']:.3f} |"
+            f"{cell(row['dp_gap'], 4)} | {cell(row['bias_score'], 3)} | {by_condition or '-'} | "
+            f"{cell(row['fid_cls'], 2)} | {row['confident']:.3f} | {row['seconds']:.1f} | {row['time_ratio']:.3f} |"
         )
         if several:
             line += " " + ", ".join(f"{name} {fd:.4f}" for name, fd in row["fd_by_attribute"].items()) + " |"

@@ -150,9 +150,61 @@ class DiffusionBackbone(nn.Module, ABC):
 
     @abstractmethod
     def _unet_output(
-        self, x: Tensor, t: Tensor, condition: Condition, down_residuals: tuple[Tensor, ...] | None
+        self,
+        x: Tensor,
+        t: Tensor,
+        condition: Condition,
+        down_residuals: tuple[Tensor, ...] | None,
+        unet: nn.Module | None = None,
     ) -> Tensor:
-        """The raw UNet output for ``(x, t, condition)`` (``t`` of shape ``(B,)``)."""
+        """The raw output of ``unet`` (default: the backbone's) for ``(x, t, condition)`` (``t`` of shape ``(B,)``)."""
+
+    # ------------------------------------------------------------------------------------ companion UNets
+
+    def companion_unet(
+        self, block_out_channels: tuple[int, ...] | None = None, copy_weights: bool = False
+    ) -> nn.Module:
+        """A new trainable UNet of the backbone's kind that takes the same inputs (e.g. InvDiff's delta).
+
+        Same class and config as the frozen UNet (conditioning, levels, attention), with ``block_out_channels`` in
+        place of its widths; float32, in train mode, with gradients. ``copy_weights`` starts it from the frozen
+        weights (same widths only).
+
+        Raises:
+            ValueError: widths of another number of levels than the frozen UNet's, widths the group norm does not
+                divide, or ``copy_weights`` with other widths.
+        """
+        config = dict(self.unet.config)
+        widths = tuple(config["block_out_channels"])
+        if block_out_channels is not None:
+            block_out_channels = tuple(int(width) for width in block_out_channels)
+            if len(block_out_channels) != len(widths):
+                raise ValueError(
+                    f"Option 'delta_channels' must give one width per level of the frozen UNet of "
+                    f"'{self.reference}' ({len(widths)}: {list(widths)}), got {list(block_out_channels)}"
+                )
+            groups = config.get("norm_num_groups") or 1
+            if any(width % groups for width in block_out_channels):
+                raise ValueError(
+                    f"Option 'delta_channels' ({list(block_out_channels)}) must be multiples of the frozen UNet's "
+                    f"norm_num_groups ({groups})"
+                )
+            if copy_weights and block_out_channels != widths:
+                raise ValueError(
+                    f"Option 'init_from_backbone' copies the frozen UNet, so 'delta_channels' must be its widths "
+                    f"{list(widths)} (or null), got {list(block_out_channels)}"
+                )
+            config["block_out_channels"] = list(block_out_channels)
+        unet = type(self.unet).from_config(config)
+        if copy_weights:
+            unet.load_state_dict(self.unet.state_dict())
+        return unet.float().requires_grad_(True).train()
+
+    def companion_output(self, unet: nn.Module, x: Tensor, t: Tensor | int, condition: Condition) -> Tensor:
+        """The raw output of a :meth:`companion_unet` for the inputs the backbone's UNet takes, in ``x``'s dtype."""
+        timesteps = self._batch_timesteps(t, x)
+        dtype = next(unet.parameters()).dtype
+        return self._unet_output(x.to(dtype), timesteps, condition, None, unet=unet).to(x.dtype)
 
     def eps(
         self,

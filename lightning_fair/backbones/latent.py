@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_fair.backbones.base import Condition, DiffusionBackbone
 from lightning_fair.backbones.record import read_record
@@ -139,8 +139,14 @@ class LatentTextToImageBackbone(DiffusionBackbone):
     # -------------------------------------------------------------------------------------------- the call
 
     def _unet_output(
-        self, x: Tensor, t: Tensor, condition: Condition, down_residuals: tuple[Tensor, ...] | None
+        self,
+        x: Tensor,
+        t: Tensor,
+        condition: Condition,
+        down_residuals: tuple[Tensor, ...] | None,
+        unet: nn.Module | None = None,
     ) -> Tensor:
+        unet = self.unet if unet is None else unet
         if condition is None:
             raise ValueError(f"'{self.reference}' is text-conditional: pass prompt embeddings")
         options = {}
@@ -150,4 +156,4 @@ class LatentTextToImageBackbone(DiffusionBackbone):
                 "down_block_additional_residuals": tuple(r.to(x.dtype) for r in down_residuals),
                 "mid_block_additional_residual": torch.zeros((), dtype=x.dtype, device=x.device),
             }
-        return self.unet(x, t, encoder_hidden_states=condition.to(x.dtype), **options).sample
+        return unet(x, t, encoder_hidden_states=condition.to(x.dtype), **options).sample

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_fair.backbones.base import Condition, DiffusionBackbone
 from lightning_fair.backbones.record import read_record
@@ -82,12 +82,18 @@ class PixelBackbone(DiffusionBackbone):
         return labels.long()
 
     def _unet_output(
-        self, x: Tensor, t: Tensor, condition: Condition, down_residuals: tuple[Tensor, ...] | None
+        self,
+        x: Tensor,
+        t: Tensor,
+        condition: Condition,
+        down_residuals: tuple[Tensor, ...] | None,
+        unet: nn.Module | None = None,
     ) -> Tensor:
+        unet = self.unet if unet is None else unet
         if down_residuals is not None:
             raise ValueError(f"'{self.reference}' is a UNet2DModel, which takes no down-block residuals")
         if self.conditioning == "class" and condition is None:
             raise ValueError(f"'{self.reference}' is class-conditional: pass class labels (null: {self.null_label})")
         if self.conditioning == "none" and condition is not None:
             raise ValueError(f"'{self.reference}' is unconditional but a condition was given")
-        return self.unet(x, t, class_labels=condition).sample
+        return unet(x, t, class_labels=condition).sample

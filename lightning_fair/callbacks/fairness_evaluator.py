@@ -48,6 +48,9 @@ class FairnessEvaluator(Callback):
     - ``fd_given_<target>=<k>``: the same within each predicted class of ``target``;
     - ``dp_gap``: demographic-parity gap of ``target`` (class 1) across predicted ``sensitive`` groups;
     - ``bias_score``: InvDiff's pairwise bias score of ``sensitive``;
+    - ``bias_score/<attribute>=<k>`` and ``bias_score_by/<attribute>`` (their mean over the requested classes): the
+      same within the samples a method requested class ``k`` of ``attribute`` for, for every attribute it reports
+      as a per-sample condition (InvDiff's score per prompt or class);
     - ``proportion/<attribute>=<k>`` for every attribute the classifier predicts;
     - ``confident/<sensitive>``: fraction of samples whose ``sensitive`` prediction has probability >= 0.9;
     - ``agreement/<attribute>`` and ``agreement/<attribute>=<k>``: for every attribute a method reports as a
@@ -121,6 +124,9 @@ class FairnessEvaluator(Callback):
             metrics[f"proportion_{column}"] = AttributeProportions(classes[column])
             metrics[f"agreement_{column}"] = GroupedAccuracy(1)
             metrics[f"agreement_by_class_{column}"] = GroupedAccuracy(classes[column])
+            metrics[f"bias_by_condition_{column}"] = PairwiseBiasScore(
+                num_sensitive, num_groups=classes[column], per_group=True
+            )
         for name, target in self.extra_targets.items():
             column = self.classifier.attribute_index(name)
             metrics[f"fd_extra_{column}"] = FairnessDiscrepancy(classes[column], target, "l2")
@@ -186,7 +192,11 @@ class FairnessEvaluator(Callback):
         self.metrics["num_samples"].update(len(images))
         for column, prediction in enumerate(predictions):
             self.metrics[f"proportion_{column}"].update(prediction)
-            self._update_agreement(column, prediction, (conditions or {}).get(self.classifier.attributes[column]))
+            requested = (conditions or {}).get(self.classifier.attributes[column])
+            self._update_agreement(column, prediction, requested)
+            conditioned = sensitive if requested is not None else sensitive[:0]
+            groups = requested.to(sensitive.device).long() if requested is not None else conditioned
+            self.metrics[f"bias_by_condition_{column}"].update(conditioned, groups=groups)
             if f"fd_extra_{column}" in self.metrics:
                 self.metrics[f"fd_extra_{column}"].update(prediction)
         if self.target_column is not None:
@@ -276,6 +286,10 @@ class FairnessEvaluator(Callback):
                 by_class = self.metrics[f"agreement_by_class_{column}"].compute().tolist()
                 for value, fraction in enumerate(by_class):
                     add(f"agreement/{attribute}={value}", fraction, f"no sample was requested {attribute}={value}")
+                scores = self.metrics[f"bias_by_condition_{column}"].compute()
+                add(f"bias_score_by/{attribute}", scores[~scores.isnan()].mean().item())
+                for value, score in enumerate(scores.tolist()):
+                    add(f"bias_score/{attribute}={value}", score, f"no sample was requested {attribute}={value}")
         if self.target_column is not None:
             for value, fd in enumerate(self.metrics["fd_given_target"].compute().tolist()):
                 add(f"fd_given_{self.target}={value}", fd, f"no sample was predicted {self.target}={value}")

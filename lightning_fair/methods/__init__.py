@@ -5,6 +5,7 @@ from lightning_fair.methods.attribute_switching import AttributeSwitching
 from lightning_fair.methods.base import DebiasingMethod, method_registry
 from lightning_fair.methods.conditions import Prompts
 from lightning_fair.methods.distribution_guidance import DistributionGuidance, HSpaceGuidance, HSpaceSampleGuidance
+from lightning_fair.methods.invdiff import InvDiff
 from lightning_fair.methods.latent_pretraining import LatentDiffusionPretraining
 from lightning_fair.methods.plain import ConditionalSampling, PlainSampling
 from lightning_fair.methods.pretraining import DiffusionPretraining
@@ -19,6 +20,7 @@ __all__ = [
     "DistributionGuidance",
     "HSpaceGuidance",
     "HSpaceSampleGuidance",
+    "InvDiff",
     "LatentDiffusionPretraining",
     "PlainSampling",
     "Prompts",

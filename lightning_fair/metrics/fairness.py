@@ -159,12 +159,18 @@ class PairwiseBiasScore(_PredictedClassCounts):
     Args:
         num_classes: classes of the attribute.
         num_groups: number of groups (prompts, conditions) to average over.
+        per_group: return each group's score instead of their mean.
     """
 
+    def __init__(self, num_classes: int, num_groups: int = 1, per_group: bool = False) -> None:
+        super().__init__(num_classes, num_groups)
+        self.per_group = per_group
+
     def compute(self) -> Tensor:
-        """Returns the mean bias score over non-empty groups."""
+        """Returns the mean bias score over non-empty groups, or with ``per_group`` each group's (``nan`` if empty)."""
         proportions = self._proportions()
         pairs = self.num_classes * (self.num_classes - 1) / 2
-        differences = (proportions[:, :, None] - proportions[:, None, :]).abs().sum(dim=(1, 2)) / 2
-        present = self.counts.sum(dim=1) > 0
-        return (differences[present] / pairs).mean().float()  # the mean of nothing is nan
+        scores = ((proportions[:, :, None] - proportions[:, None, :]).abs().sum(dim=(1, 2)) / 2 / pairs).float()
+        if self.per_group:
+            return scores
+        return scores[self.counts.sum(dim=1) > 0].mean()  # the mean of nothing is nan

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from torch import Tensor
@@ -20,7 +21,7 @@ def sum_over_processes(tensor: Tensor) -> Tensor:
     return total
 
 
-__all__ = ["sum_over_processes"]
+__all__ = ["gather_rows", "sum_over_processes"]
 
 
 class CalibrationAwareDDPStrategy(DDPStrategy):
@@ -45,3 +46,21 @@ for _name, _start_method in (("ddp", "popen"), ("ddp_spawn", "spawn"), ("ddp_for
         override=True,
         start_method=_start_method,
     )
+
+
+def gather_rows(tensor: Tensor) -> Tensor:
+    """The rows of ``tensor`` from every process, concatenated in rank order (``tensor`` itself in a single process).
+
+    The processes may hold different numbers of rows (the same trailing shape and dtype); none are padded or repeated.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    count = torch.tensor([tensor.shape[0]], device=tensor.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    largest = int(max(int(c) for c in counts))
+    padded = torch.zeros((largest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: tensor.shape[0]] = tensor
+    gathered = [torch.zeros_like(padded) for _ in counts]
+    dist.all_gather(gathered, padded)
+    return torch.cat([rows[: int(c)] for rows, c in zip(gathered, counts, strict=True)])

@@ -1,0 +1,245 @@
+"""InvDiff's bias inference without labels: soft groups of training images that make the frozen model's loss differ.
+
+One pass of the frozen model over the train split gives each image a diffusion loss; soft group weights ``W`` (one row
+on the simplex per image) are then optimised so that the per-group mean losses spread as far as possible (EIIL-style
+environment inference with the standard deviation of the group losses as the objective). Images the model fits badly
+(typically the minority groups of a biased dataset) gather in the high-loss groups, which the group-invariance loss
+then weighs as much as the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from sklearn.metrics import normalized_mutual_info_score
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from lightning_fair.backbones import Condition, DiffusionBackbone
+from lightning_fair.diffusion.seeding import GROUPING_STREAM, per_sample_randn, sample_generators
+from lightning_fair.utils.distributed import gather_rows
+from lightning_fair.utils.files import replace_atomically
+
+AddNoise = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+@torch.no_grad()
+def per_sample_losses(
+    backbone: DiffusionBackbone,
+    dataset: Dataset,
+    condition_of: Callable[[Tensor], Condition],
+    add_noise: AddNoise,
+    seed: int,
+    timesteps: list[int] | None,
+    batch_size: int,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """The frozen model's diffusion loss of every image of ``dataset``, against the noise it was given.
+
+    Image ``i`` (its dataset ``index``) is noised with noise drawn from ``(seed, i)`` at one timestep drawn uniformly
+    from the same generator, or, with ``timesteps``, at each of them (its loss is then their mean). Batch ``b`` of the
+    dataset's order is computed by process ``b % world_size`` and the losses of every process are gathered, so every
+    process returns the same losses, each image once, however many processes share the pass.
+
+    Args:
+        backbone: the frozen model.
+        dataset: items with ``image`` (in [-1, 1]), ``attributes`` and ``index``, in a fixed order.
+        condition_of: the backbone's condition of a batch's ``attributes`` (class labels or prompts).
+        add_noise: the forward process ``(x0, noise, t) -> x_t``.
+        seed: seed of the noise and timesteps.
+        timesteps: fixed timesteps to average the loss over; ``None``: one uniform timestep per image.
+        batch_size: images per UNet call.
+        device: where the model runs.
+        rank: this process's rank.
+        world_size: number of processes sharing the pass.
+
+    Returns:
+        Dataset indices (sorted) and their losses (float64), on the CPU.
+    """
+    num_train_timesteps = int(backbone.scheduler_config["num_train_timesteps"])
+    indices, losses = [], []
+    for start in range(rank * batch_size, len(dataset), world_size * batch_size):
+        items = [dataset[item] for item in range(start, min(start + batch_size, len(dataset)))]
+        images = torch.stack([item["image"] for item in items]).to(device)
+        index = torch.stack([item["index"] for item in items])
+        attributes = torch.stack([item["attributes"] for item in items])
+        x0 = backbone.encode(images)
+        condition = condition_of(attributes)
+        generators = sample_generators(seed, index, GROUPING_STREAM)
+        draws = timesteps or [None]
+        total = torch.zeros(len(items), dtype=torch.float64, device=device)
+        for fixed in draws:
+            noise = per_sample_randn(generators, tuple(x0.shape[1:]), device)
+            if fixed is None:
+                t = torch.cat([torch.randint(0, num_train_timesteps, (1,), generator=g) for g in generators])
+            else:
+                t = torch.full((len(items),), fixed, dtype=torch.long)
+            t = t.to(device)
+            eps = backbone.eps(add_noise(x0, noise, t), t, condition)
+            total += (eps.float() - noise.float()).pow(2).flatten(1).mean(dim=1).double()
+        indices.append(index)
+        losses.append((total / len(draws)).cpu())
+    index = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long)
+    loss = torch.cat(losses) if losses else torch.empty(0, dtype=torch.float64)
+    index, loss = gather_rows(index.to(device)).cpu(), gather_rows(loss.to(device)).cpu()
+    order = torch.argsort(index)
+    return index[order], loss[order]
+
+
+def optimise_group_weights(
+    losses: Tensor,
+    num_groups: int,
+    steps: int = 500,
+    learning_rate: float = 0.01,
+    min_weight_term: float = 0.0,
+    seed: int = 0,
+) -> Tensor:
+    """Soft groups ``W`` (``N x K``, rows on the simplex) that maximise the spread of the per-group mean losses.
+
+    As the official code: ``W`` starts uniform in [0, 1) and takes ``steps`` full-batch Adam steps on
+    ``-std_k(L_k) - beta * min_{i,k}(W_ik l_i)``, with ``L_k = sum_i W_ik l_i / sum_i W_ik`` and the unbiased standard
+    deviation; after each step ``W`` is clamped at 0 and each row divided by its sum. In float64, on the CPU, so the
+    result depends only on the losses and the seed.
+
+    Args:
+        losses: per-image losses ``(N,)``.
+        num_groups: ``K``.
+        steps: Adam steps.
+        learning_rate: Adam learning rate.
+        min_weight_term: ``beta``, the weight of the term that keeps the smallest weighted loss from vanishing.
+        seed: seed of the initial weights.
+    """
+    if num_groups < 2:
+        raise ValueError(f"Option 'num_groups' must be at least 2, got {num_groups}")
+    losses = losses.detach().double().cpu()
+    generator = torch.Generator().manual_seed(seed)
+    weights = torch.rand(len(losses), num_groups, generator=generator, dtype=torch.float64).requires_grad_(True)
+    optimizer = torch.optim.Adam([weights], lr=learning_rate)
+    for _ in range(steps):
+        weighted = weights * losses[:, None]
+        group_losses = weighted.sum(dim=0) / weights.sum(dim=0)
+        objective = -group_losses.std() - min_weight_term * weighted.min()
+        optimizer.zero_grad()
+        objective.backward()
+        optimizer.step()
+        with torch.no_grad():
+            weights.clamp_(min=0)
+            sums = weights.sum(dim=1, keepdim=True)
+            weights.copy_(torch.where(sums > 0, weights / sums.clamp_min(1e-300), 1.0 / num_groups))
+    return weights.detach().float()
+
+
+def group_agreement(weights: Tensor, true_groups: np.ndarray) -> dict[str, float]:
+    """How well the inferred groups (each image's largest weight) match known groups: NMI and purity."""
+    assigned = weights.argmax(dim=1).numpy()
+    purity = sum(np.bincount(true_groups[assigned == k]).max() for k in np.unique(assigned)) / len(assigned)
+    return {"nmi": float(normalized_mutual_info_score(true_groups, assigned)), "purity": float(purity)}
+
+
+def rows_fingerprint(image_paths: list[Path], root: Path) -> str:
+    """A hash of the images of a split (their paths under ``root``, in order): which data a groups file is of."""
+    names = "\n".join(str(path.relative_to(root)) if path.is_relative_to(root) else path.name for path in image_paths)
+    return hashlib.sha256(names.encode()).hexdigest()[:16]
+
+
+@dataclass
+class GroupAssignment:
+    """Soft groups of the images of a split, keyed by dataset index.
+
+    Attributes:
+        indices: dataset indices (table rows), sorted, ``(N,)``.
+        weights: group weights, ``(N, K)``, rows on the simplex.
+        losses: the frozen model's per-image loss the groups were inferred from, ``(N,)``.
+        backbone: reference of the frozen model.
+        dataset: the data's root folder.
+        split: the split.
+        fingerprint: :func:`rows_fingerprint` of the split's images.
+    """
+
+    indices: Tensor
+    weights: Tensor
+    losses: Tensor
+    backbone: str
+    dataset: str
+    split: str
+    fingerprint: str
+
+    @property
+    def num_groups(self) -> int:
+        """``K``."""
+        return self.weights.shape[1]
+
+    def save(self, path: Path) -> None:
+        """Writes a safetensors file (tensors plus the provenance as metadata), atomically."""
+        tensors = {"indices": self.indices.long(), "weights": self.weights.float(), "losses": self.losses.double()}
+        metadata = {
+            "backbone": self.backbone,
+            "dataset": self.dataset,
+            "split": self.split,
+            "fingerprint": self.fingerprint,
+        }
+        replace_atomically(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+
+    @classmethod
+    def load(cls, path: Path) -> GroupAssignment:
+        """Reads a file :meth:`save` wrote; a file of anything else is a one-line error naming it."""
+        try:
+            with safe_open(str(path), "pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+            return cls(
+                tensors["indices"],
+                tensors["weights"],
+                tensors["losses"],
+                metadata["backbone"],
+                metadata["dataset"],
+                metadata["split"],
+                metadata["fingerprint"],
+            )
+        except Exception as error:  # any unreadable file gets the same one-line message
+            raise ValueError(
+                f"Option 'groups_file': '{path}' is not a groups file written by InvDiff ({type(error).__name__})"
+            ) from None
+
+    def check(self, path: Path, backbone: str, fingerprint: str, split: str, num_groups: int) -> None:
+        """Refuses groups of another backbone, split or set of images, or of another ``K``, naming the file."""
+        where = f"Option 'groups_file': '{path}' holds groups"
+        if self.backbone != backbone:
+            raise ValueError(f"{where} inferred with the backbone '{self.backbone}', not '{backbone}'")
+        if self.split != split or self.fingerprint != fingerprint:
+            raise ValueError(
+                f"{where} of another dataset or split ({self.split} split of '{self.dataset}', {len(self.indices)} "
+                f"images): its indices do not match the {split} split here; delete it to infer the groups again"
+            )
+        if self.num_groups != num_groups:
+            raise ValueError(f"{where} of K = {self.num_groups} groups, but 'num_groups' is {num_groups}")
+
+    def rows(self, indices: Tensor) -> Tensor:
+        """The weights of the images with dataset ``indices`` (each must be in the file)."""
+        position = torch.searchsorted(self.indices, indices.cpu())
+        position = position.clamp(max=len(self.indices) - 1)
+        if not torch.equal(self.indices[position], indices.cpu()):
+            missing = indices.cpu()[self.indices[position] != indices.cpu()][0]
+            raise ValueError(f"Dataset index {int(missing)} has no row in the groups file")
+        return self.weights[position]
+
+    def summary(self) -> dict[str, object]:
+        """Group sizes (sums of the weights) and mean losses, for the log."""
+        mass = self.weights.sum(dim=0)
+        mean_loss = (self.weights.double() * self.losses[:, None]).sum(dim=0) / mass.double()
+        return {"group_mass": mass.tolist(), "group_loss": mean_loss.tolist()}
+
+
+def describe(assignment: GroupAssignment, agreement: dict[str, float] | None, seconds: dict[str, float]) -> str:
+    """One JSON line for the log: group sizes and losses, agreement with the true groups, timings."""
+    return json.dumps({**assignment.summary(), **(agreement or {}), **seconds})

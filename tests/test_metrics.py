@@ -169,6 +169,14 @@ def test_pairwise_bias_score_mean_over_groups():
     _close(metric.compute(), 1 / 9)
 
 
+def test_pairwise_bias_score_per_group():
+    metric = PairwiseBiasScore(num_classes=3, num_groups=3, per_group=True)
+    metric.update(torch.tensor([0, 0, 0, 1, 1, 2, 0, 1, 2]), torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1]))
+    scores = metric.compute()
+    _close(scores[:2], torch.tensor([2 / 9, 0.0]))
+    assert math.isnan(scores[2].item())  # no sample in group 2
+
+
 def test_pairwise_bias_score_empty_is_nan():
     metric = PairwiseBiasScore(num_classes=2)
     metric.update(torch.tensor([], dtype=torch.long))

@@ -45,6 +45,7 @@ def _metrics():
         "dp_gap": (DemographicParityGap(num_target_classes=2, num_sensitive_classes=3), "binary", True),
         "bias": (PairwiseBiasScore(num_classes=3), "classes", False),
         "bias_groups": (PairwiseBiasScore(num_classes=3, num_groups=4), "classes", True),
+        "bias_each_group": (PairwiseBiasScore(num_classes=3, num_groups=4, per_group=True), "classes", True),
     }
 
 

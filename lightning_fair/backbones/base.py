@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -167,8 +168,9 @@ class DiffusionBackbone(nn.Module, ABC):
         """A new trainable UNet of the backbone's kind that takes the same inputs (e.g. InvDiff's delta).
 
         Same class and config as the frozen UNet (conditioning, levels, attention), with ``block_out_channels`` in
-        place of its widths; float32, in train mode, with gradients. ``copy_weights`` starts it from the frozen
-        weights (same widths only).
+        place of its widths (and each ``attention_head_dim`` reduced to its greatest common divisor with the level's
+        width, so that attention still splits the channels evenly); float32, in train mode, with gradients.
+        ``copy_weights`` starts it from the frozen weights (same widths only).
 
         Raises:
             ValueError: widths of another number of levels than the frozen UNet's, widths the group norm does not
@@ -195,6 +197,7 @@ class DiffusionBackbone(nn.Module, ABC):
                     f"{list(widths)} (or null), got {list(block_out_channels)}"
                 )
             config["block_out_channels"] = list(block_out_channels)
+            config["attention_head_dim"] = _attention_sizes(config.get("attention_head_dim"), block_out_channels)
         unet = type(self.unet).from_config(config)
         if copy_weights:
             unet.load_state_dict(self.unet.state_dict())
@@ -290,3 +293,12 @@ class DiffusionBackbone(nn.Module, ABC):
     def _time_embedding_hook(self, module: nn.Module, inputs: Any, output: Tensor) -> Tensor | None:
         addition = self._time_embedding_addition
         return None if addition is None else output + addition.to(output.dtype)
+
+
+def _attention_sizes(sizes: int | list[int] | None, widths: tuple[int, ...]) -> int | list[int] | None:
+    """``attention_head_dim`` (one value or one per level) made to divide the given level widths."""
+    if sizes is None:
+        return None
+    if isinstance(sizes, int):
+        return math.gcd(sizes, *widths)
+    return [math.gcd(size, width) for size, width in zip(sizes, widths, strict=True)]

@@ -1,0 +1,357 @@
+"""InvDiff: output mixing, group-invariance loss, the grouper (1 and 2 processes), training and sampling."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lightning_fair.backbones import load_backbone
+from lightning_fair.callbacks import FairnessEvaluator
+from lightning_fair.cli import main
+from lightning_fair.data import CelebADataModule
+from lightning_fair.data.dataset import AttributeImageDataset
+from lightning_fair.diffusion import DiffusionSampler, SamplerConfig
+from lightning_fair.methods import ConditionalSampling, InvDiff
+from lightning_fair.methods.invdiff import GroupAssignment, group_invariance_loss, mix_eps, optimise_group_weights
+from lightning_fair.methods.invdiff.grouper import group_agreement, per_sample_losses, rows_fingerprint
+
+# ------------------------------------------------------------------------------------------------ the objective
+
+
+@pytest.mark.parametrize(
+    ("ratio", "expected"),
+    [(0.25, 0.25 * 4 + 0.75 * 2), (1.0, 4.0), (-0.5, -0.5 * 4 + 1.5 * 2), (3.0, 3 * 4 + 2), (-1.0, 4 + 2), (-7, 6)],
+)
+def test_mix_eps_has_the_three_official_regimes(ratio: float, expected: float) -> None:
+    mixed = mix_eps(torch.tensor([2.0]), torch.tensor([4.0]), ratio)
+    assert mixed.item() == pytest.approx(expected)
+
+
+def test_group_invariance_loss_by_hand() -> None:
+    losses = torch.tensor([1.0, 3.0, 2.0, 6.0])
+    groups = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.5, 0.5]])
+    loss, group_losses = group_invariance_loss(losses, groups, invariance_weight=2.0)
+    # group 0: (1 + 3) / 2 = 2; group 1: (2 + 3) / 1.5 = 10/3; group 2: 3 / 0.5 = 6
+    expected_groups = torch.tensor([2.0, 10 / 3, 6.0])
+    torch.testing.assert_close(group_losses, expected_groups, rtol=1e-6, atol=1e-6)
+    mean = expected_groups.mean()
+    variance = ((expected_groups - mean) ** 2).sum() / 2  # unbiased
+    assert loss.item() == pytest.approx((mean + 2.0 * variance).item(), rel=1e-6)
+
+
+def test_group_invariance_loss_leaves_out_absent_groups() -> None:
+    losses = torch.tensor([1.0, 3.0])
+    one_group = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    loss, group_losses = group_invariance_loss(losses, one_group, invariance_weight=1.0)
+    assert loss.item() == pytest.approx(2.0)  # a single group left: its mean, no variance
+    assert group_losses[1].item() == 0
+
+
+# ------------------------------------------------------------------------------------------------ the grouper
+
+
+def test_group_weights_separate_high_and_low_losses() -> None:
+    generator = torch.Generator().manual_seed(0)
+    high = torch.rand(40, generator=generator) * 0.1 + 1.0
+    low = torch.rand(160, generator=generator) * 0.1
+    losses = torch.cat([low, high])
+    weights = optimise_group_weights(losses, num_groups=2, steps=500, learning_rate=0.01, seed=0)
+    assert weights.shape == (200, 2)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(200))
+    assert (weights >= 0).all()
+    truth = np.array([0] * 160 + [1] * 40)
+    agreement = group_agreement(weights, truth)
+    assert agreement["nmi"] > 0.9
+    assert agreement["purity"] > 0.95
+    again = optimise_group_weights(losses, num_groups=2, steps=500, learning_rate=0.01, seed=0)
+    assert torch.equal(weights, again)
+
+
+def test_group_weights_need_two_groups() -> None:
+    with pytest.raises(ValueError, match="'num_groups' must be at least 2"):
+        optimise_group_weights(torch.rand(10), num_groups=1)
+
+
+def _assignment(backbone: str = "model", fingerprint: str = "abc") -> GroupAssignment:
+    weights = torch.tensor([[0.2, 0.8], [1.0, 0.0], [0.5, 0.5]])
+    return GroupAssignment(
+        torch.tensor([3, 8, 11]), weights, torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64), backbone, "d", "train",
+        fingerprint,
+    )  # fmt: skip
+
+
+def test_groups_file_round_trip_and_rows_by_dataset_index(tmp_path: Path) -> None:
+    path = tmp_path / "groups.safetensors"
+    _assignment().save(path)
+    loaded = GroupAssignment.load(path)
+    loaded.check(path, "model", "abc", "train", 2)
+    torch.testing.assert_close(loaded.rows(torch.tensor([11, 3])), torch.tensor([[0.5, 0.5], [0.2, 0.8]]))
+    with pytest.raises(ValueError, match="Dataset index 4 has no row"):
+        loaded.rows(torch.tensor([3, 4]))
+
+
+@pytest.mark.parametrize(
+    ("backbone", "fingerprint", "num_groups", "match"),
+    [
+        ("other", "abc", 2, "inferred with the backbone 'model', not 'other'"),
+        ("model", "xyz", 2, "of another dataset or split"),
+        ("model", "abc", 4, "of K = 2 groups, but 'num_groups' is 4"),
+    ],
+)
+def test_groups_file_of_something_else_is_refused(
+    tmp_path: Path, backbone: str, fingerprint: str, num_groups: int, match: str
+) -> None:
+    path = tmp_path / "groups.safetensors"
+    _assignment().save(path)
+    with pytest.raises(ValueError, match=match):
+        GroupAssignment.load(path).check(path, backbone, fingerprint, "train", num_groups)
+
+
+def test_a_file_that_is_no_groups_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "groups.safetensors"
+    path.write_text("not a groups file")
+    with pytest.raises(ValueError, match=r"Option 'groups_file': '.*' is not a groups file"):
+        GroupAssignment.load(path)
+
+
+def _grouper_inputs(backbone_folder: str, faces_root: str) -> dict:
+    backbone = load_backbone(backbone_folder)
+    data = CelebADataModule(root=faces_root, attributes=["Male", "Blond_Hair"], sensitive="Male", image_size=32)
+    rows = data.split_indices("train")
+    dataset = AttributeImageDataset(
+        [data.table.image_paths[row] for row in rows], data.table.attributes[rows], rows, data.transform(False)
+    )
+    sampler = DiffusionSampler(backbone.scheduler_config, SamplerConfig())
+    return {
+        "backbone": backbone,
+        "dataset": dataset,
+        "condition_of": lambda attributes: attributes[:, 0],
+        "add_noise": sampler.add_noise,
+        "seed": 5,
+        "timesteps": None,
+        "batch_size": 16,
+        "device": torch.device("cpu"),
+    }
+
+
+def _grouper_worker(rank: int, world_size: int, port: int, out_dir: str, backbone: str, faces_root: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        indices, losses = per_sample_losses(**_grouper_inputs(backbone, faces_root), rank=rank, world_size=world_size)
+        weights = optimise_group_weights(losses, num_groups=4, steps=100)
+        torch.save({"indices": indices, "losses": losses, "weights": weights}, os.path.join(out_dir, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_infer_the_same_groups_as_one(tiny_backbone: Path, faces_root: Path, tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        indices, losses = per_sample_losses(**_grouper_inputs(str(tiny_backbone), str(faces_root)))
+    finally:
+        torch.set_num_threads(threads)
+    weights = optimise_group_weights(losses, num_groups=4, steps=100)
+    assert len(indices) == len(set(indices.tolist())) == 240  # the train split, each image once
+    assert torch.equal(indices, indices.sort().values)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_grouper_worker, args=(2, port, str(tmp_path), str(tiny_backbone), str(faces_root)), nprocs=2, join=True)
+    for rank in range(2):  # 15 batches of 16: process 0 computes 8, process 1 computes 7
+        result = torch.load(tmp_path / f"{rank}.pt")
+        assert torch.equal(result["indices"], indices)
+        torch.testing.assert_close(result["losses"], losses, rtol=1e-6, atol=0)
+        torch.testing.assert_close(result["weights"], weights, rtol=0, atol=1e-5)
+
+
+def test_grouping_losses_depend_on_the_image_not_the_batch(tiny_backbone: Path, faces_root: Path) -> None:
+    inputs = _grouper_inputs(str(tiny_backbone), str(faces_root))
+    indices, losses = per_sample_losses(**inputs)
+    inputs["batch_size"] = 7
+    again_indices, again = per_sample_losses(**inputs)
+    assert torch.equal(indices, again_indices)
+    torch.testing.assert_close(losses, again, rtol=1e-5, atol=0)
+    inputs["timesteps"] = [999]  # the noisiest step: the loss is close to the noise's own scale
+    _, noisy = per_sample_losses(**inputs)
+    inputs["timesteps"] = [999, 999]
+    _, averaged = per_sample_losses(**inputs)
+    assert not torch.allclose(noisy, losses)
+    assert not torch.allclose(noisy, averaged)  # a second draw of noise for the second timestep
+
+
+# ------------------------------------------------------------------------------------------------ the method
+
+
+def test_a_fresh_delta_leaves_the_frozen_model_unchanged_in_the_residual_regimes(tiny_backbone: Path) -> None:
+    sampler = {"num_inference_steps": 3, "eta": 1.0}
+    reference, _ = ConditionalSampling(str(tiny_backbone), sampler=sampler).sample(torch.arange(5))
+    for ratio in (-1.0, 2.0):
+        images, state = InvDiff(str(tiny_backbone), sampler=sampler, delta_ratio=ratio).sample(torch.arange(5))
+        torch.testing.assert_close(images, reference, rtol=0, atol=1e-6)
+    method = InvDiff(str(tiny_backbone), sampler=sampler, delta_ratio=0.25)  # starts at (1 - r) eps
+    x = torch.randn(2, 3, 32, 32)
+    from lightning_fair.diffusion import Step
+
+    step = Step(0, torch.tensor(500), 3)
+    state = method.init_state(torch.arange(2))
+    frozen = method.unet_eps(x, step, state)
+    torch.testing.assert_close(method.guided_eps(x, step, state), 0.75 * frozen)
+
+
+def test_delta_is_of_the_backbone_kind_and_smaller(tiny_backbone: Path, tiny_sd: Path) -> None:
+    pixel = InvDiff(str(tiny_backbone))
+    assert type(pixel.delta).__name__ == "UNet2DModel"
+    assert pixel.delta.config.num_class_embeds == pixel.backbone.unet.config.num_class_embeds
+    assert pixel.parameter_counts["delta"] < pixel.parameter_counts["frozen_unet"] / 4
+    text = InvDiff(str(tiny_sd), prompts={"classes": ["a photo of a woman", "a photo of a man"], "attribute": "Male"})
+    assert type(text.delta).__name__ == "UNet2DConditionModel"
+    copy = InvDiff(str(tiny_backbone), init_from_backbone=True)
+    frozen = dict(copy.backbone.unet.named_parameters())
+    for name, parameter in copy.delta.named_parameters():
+        if name.startswith("conv_out"):
+            assert not parameter.any()
+        else:
+            assert torch.equal(parameter, frozen[name])
+    assert all(parameter.requires_grad for parameter in copy.delta.parameters())
+    assert not any(parameter.requires_grad for parameter in copy.backbone.parameters())
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"num_groups": 1}, "'num_groups' \\(K\\) must be at least 2"),
+        ({"delta_ratio": 0.0}, "'delta_ratio' must be a finite non-zero number"),
+        ({"delta_ratio": float("nan")}, "'delta_ratio' must be a finite non-zero number"),
+        ({"groups": "clusters"}, "'groups' must be 'inferred' or 'labels'"),
+        ({"delta_channels": [8, 16, 32]}, "'delta_channels' must give one width per level"),
+        ({"delta_channels": [6, 16]}, "multiples of the frozen UNet's norm_num_groups \\(4\\)"),
+        ({"delta_channels": [4, 8], "init_from_backbone": True}, "'init_from_backbone' copies the frozen UNet"),
+        ({"grouper_timesteps": [1000]}, "'grouper_timesteps' must lie in 0..999"),
+        ({"invariance_weight": -1.0}, "invariance_weight"),
+    ],
+)
+def test_bad_options_are_one_clear_error(tiny_backbone: Path, options: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        InvDiff(str(tiny_backbone), **options)
+
+
+@pytest.fixture
+def invdiff_config(tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp_path: Path) -> Callable:
+    """Writes a fit/test config of InvDiff on the tiny models; returns a function of extra model options."""
+
+    def write(name: str = "invdiff", model: str = "", data: str = "") -> Path:
+        config = f"""
+        seed_everything: 0
+        trainer:
+          accelerator: cpu
+          max_steps: 3
+          limit_val_batches: 1
+          enable_progress_bar: false
+          enable_model_summary: false
+          logger:
+            class_path: lightning.pytorch.loggers.CSVLogger
+            init_args: {{save_dir: {tmp_path / "logs"}, name: {name}}}
+          callbacks:
+            - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+              init_args: {{dirpath: {tmp_path / name}, filename: last}}
+            - class_path: FairnessEvaluator
+              init_args: {{classifier: {tiny_classifier}, sensitive: Blond_Hair}}
+        model:
+          class_path: InvDiff
+          init_args:
+            backbone: {tiny_backbone}
+            groups_file: {tmp_path / "groups.safetensors"}
+            num_groups: 4
+            grouper_steps: 20
+            learning_rate: 1.0e-3
+            warmup_steps: 1
+            sampler: {{num_inference_steps: 2}}
+            {model}
+        data:
+          class_path: GenerationRequests
+          init_args:
+            num_samples: 8
+            batch_size: 4
+            train_data:
+              class_path: CelebADataModule
+              init_args:
+                root: {faces_root}
+                attributes: [Male, Blond_Hair]
+                sensitive: Blond_Hair
+                target: Male
+                image_size: 32
+                batch_size: 16
+                num_workers: 0
+                {data}
+        """
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(textwrap.dedent(config))
+        return path
+
+    return write
+
+
+def test_fit_infers_groups_trains_the_delta_only_and_tests(invdiff_config: Callable, tmp_path: Path) -> None:
+    config = invdiff_config()
+    main(["fit", "-c", str(config)])
+    groups = GroupAssignment.load(tmp_path / "groups.safetensors")
+    data = CelebADataModule(root=groups.dataset, attributes=["Male"], sensitive="Male", image_size=32)
+    rows = data.split_indices("train")
+    assert torch.equal(groups.indices, torch.as_tensor(rows))
+    assert groups.fingerprint == rows_fingerprint([data.table.image_paths[row] for row in rows], data.root)
+    torch.testing.assert_close(groups.weights.sum(dim=1), torch.ones(len(rows)))
+    report = (tmp_path / "groups.json").read_text()
+    assert '"nmi"' in report
+    assert '"pass_seconds"' in report
+    checkpoint = torch.load(tmp_path / "invdiff" / "last.ckpt", weights_only=True)
+    keys = checkpoint["state_dict"].keys()
+    assert keys
+    assert all(key.startswith("delta.") for key in keys)
+    assert checkpoint["state_dict"]["delta.conv_out.weight"].abs().sum() > 0  # it trained
+    main(["test", "-c", str(config), "--ckpt_path", str(tmp_path / "invdiff" / "last.ckpt")])
+    metrics = next((tmp_path / "logs" / "invdiff").glob("version_*/metrics.json")).read_text()
+    assert '"bias_score/Male=0"' in metrics
+    assert '"bias_score_by/Male"' in metrics
+
+
+def test_groups_file_of_another_split_is_refused(invdiff_config: Callable, tmp_path: Path, cli_error: Callable) -> None:
+    main(["fit", "-c", str(invdiff_config(name="first"))])
+    other = invdiff_config(name="second", data="max_samples_per_split: 100")
+    line = cli_error(["fit", "-c", str(other)])
+    assert "Option 'groups_file'" in line
+    assert "of another dataset or split" in line
+
+
+def test_oracle_groups_train_without_a_groups_file(invdiff_config: Callable, tmp_path: Path) -> None:
+    main(["fit", "-c", str(invdiff_config(name="oracle", model="groups: labels"))])
+    assert not (tmp_path / "groups.safetensors").exists()
+    assert (tmp_path / "oracle" / "last.ckpt").is_file()
+
+
+def test_bias_score_within_each_requested_class(tiny_classifier: Path) -> None:
+    evaluator = FairnessEvaluator(classifier=str(tiny_classifier), sensitive="Male")
+    images = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    requested = torch.tensor([0, 1] * 6)
+    evaluator.update(images, {"Blond_Hair": requested})
+    results = evaluator.compute()
+    male = evaluator.classifier.predict_proba(images)["Male"].argmax(dim=1)
+    scores = []
+    for value in (0, 1):
+        share = male[requested == value].float().mean().item()
+        scores.append(abs(1 - 2 * share))
+        assert results[f"bias_score/Blond_Hair={value}"] == pytest.approx(scores[-1], abs=1e-6)
+    assert results["bias_score_by/Blond_Hair"] == pytest.approx(sum(scores) / 2, abs=1e-6)
+    assert "bias_score_by/Male" not in results  # no sample was requested a Male class
+    assert not math.isnan(results["bias_score"])

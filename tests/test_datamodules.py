@@ -91,6 +91,7 @@ def test_unreadable_image_is_named(faces_root: Path, tmp_path: Path) -> None:
         ({"train_group_ratio": [1, 2], "target": None}, "'train_group_ratio' needs a 'target'"),
         ({"synthetic": SyntheticWaterbirds()}, "writes the 'waterbirds' format but CelebADataModule reads 'celeba'"),
         ({"batch_size": 0}, "'batch_size' must be positive"),
+        ({"keep_if_any": {"Black_Hair": 1}}, "'keep_if_any' names \\['Black_Hair'\\], which are not in 'attributes'"),
     ],
 )
 def test_invalid_options(faces_root: Path, options: dict, message: str) -> None:
@@ -125,6 +126,21 @@ def test_resample_to_ratio_exact() -> None:
     np.testing.assert_array_equal(kept, resample_to_ratio(groups, [1, 1, 2], seed=0))
     with pytest.raises(ValueError, match="groups \\[1\\] have no samples"):
         resample_to_ratio(np.array([0, 2, 2]), [1, 1, 1], seed=0)
+
+
+def test_keep_if_any_keeps_images_with_one_of_the_classes(faces_root: Path) -> None:
+    hair = ["Male", "Blond_Hair", "Black_Hair"]
+    everything = faces(faces_root, attributes=hair)
+    kept = faces(faces_root, attributes=hair, keep_if_any={"Blond_Hair": 1, "Black_Hair": 1})
+    for split in ("train", "test"):
+        rows = everything.split_indices(split)
+        labels = everything.table.attributes[rows]
+        expected = rows[(labels[:, 1] == 1) | (labels[:, 2] == 1)]
+        assert 0 < len(expected) < len(rows)  # the brown-haired faces are left out
+        np.testing.assert_array_equal(kept.split_indices(split), expected)
+    resampled = faces(faces_root, attributes=hair, keep_if_any={"Black_Hair": 1}, train_group_ratio=[1, 1, 1, 1])
+    with pytest.raises(ValueError, match="groups \\[2, 3\\] have no samples"):  # no blond face is black-haired
+        resampled.split_indices("train")
 
 
 def test_max_samples_per_split(faces_root: Path) -> None:

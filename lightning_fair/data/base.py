@@ -56,8 +56,8 @@ class AttributeDataModule(LightningDataModule, ABC):
         eval_batch_size: val/test batch size (default: ``batch_size``).
         num_workers: data loading processes; ``auto``: the usable CPU cores shared among the processes of the
             machine, less one for each process, at most 8.
-        exclude: leave out the images (of every split) whose attribute has the given class, e.g. ``{Brown_Hair: 1}``
-            keeps the blond and black-haired faces of a dataset whose other hair colours are brown.
+        keep_if_any: keep only the images (of every split) with at least one of these attribute classes, e.g.
+            ``{Blond_Hair: 1, Black_Hair: 1}``: the blond or black-haired faces (InvDiff's CelebA subset).
         train_group_ratio: subsample the train split so that (target, sensitive) groups follow this ratio,
             groups in target-major order, e.g. ``[1, 2, 2, 1]`` for (t0,s0), (t0,s1), (t1,s0), (t1,s1).
         max_samples_per_split: keep at most this many images of each split (a seeded random subset).
@@ -81,7 +81,7 @@ class AttributeDataModule(LightningDataModule, ABC):
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         num_workers: int | Literal["auto"] = "auto",
-        exclude: dict[str, int] | None = None,
+        keep_if_any: dict[str, int] | None = None,
         train_group_ratio: list[float] | None = None,
         max_samples_per_split: int | None = None,
         horizontal_flip: bool = True,
@@ -99,9 +99,9 @@ class AttributeDataModule(LightningDataModule, ABC):
             raise ValueError(
                 f"Option 'target' ({target!r}) must be one of 'attributes' {attributes} other than 'sensitive'"
             )
-        unknown = [name for name in exclude or {} if name not in attributes]
+        unknown = [name for name in keep_if_any or {} if name not in attributes]
         if unknown:
-            raise ValueError(f"Option 'exclude' names {unknown}, which are not in 'attributes': {attributes}")
+            raise ValueError(f"Option 'keep_if_any' names {unknown}, which are not in 'attributes': {attributes}")
         if train_group_ratio is not None:
             if target is None:
                 raise ValueError("Option 'train_group_ratio' needs a 'target' attribute")
@@ -126,7 +126,7 @@ class AttributeDataModule(LightningDataModule, ABC):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.exclude = dict(exclude or {})
+        self.keep_if_any = dict(keep_if_any or {})
         self.train_group_ratio = train_group_ratio
         self.max_samples_per_split = max_samples_per_split
         self.horizontal_flip = horizontal_flip
@@ -166,11 +166,11 @@ class AttributeDataModule(LightningDataModule, ABC):
             raise ValueError(f"Unknown split {split!r}; expected one of {list(SPLIT_CODES)}")
         table = self.table
         kept = table.splits == SPLIT_CODES[split]
-        for name, value in self.exclude.items():
-            kept &= table.column(name) != value
+        if self.keep_if_any:
+            kept &= np.any([table.column(name) == value for name, value in self.keep_if_any.items()], axis=0)
         rows = np.flatnonzero(kept)
         if len(rows) == 0:
-            reason = f" once {self.exclude} are excluded" if self.exclude else ""
+            reason = f" with only the images of {self.keep_if_any}" if self.keep_if_any else ""
             raise ValueError(f"Split '{split}' of {table.source} is empty{reason}")
         if split == "train" and self.train_group_ratio is not None:
             sensitive_classes = self.num_classes[self.attributes.index(self.sensitive)]

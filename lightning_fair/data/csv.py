@@ -29,7 +29,7 @@ class AttributeCSVDataModule(AttributeDataModule):
         eval_batch_size: val/test batch size (default: ``batch_size``).
         num_workers: data loading processes; ``auto``: the usable CPU cores shared among the processes of the
             machine, less one for each process, at most 8.
-        exclude: leave out the images (of every split) whose attribute has the given class.
+        keep_if_any: keep only the images (of every split) with at least one of these attribute classes.
         train_group_ratio: subsample the train split to this (target, sensitive) group ratio.
         max_samples_per_split: keep at most this many images of each split.
         horizontal_flip: random horizontal flips on the train split.
@@ -53,7 +53,7 @@ class AttributeCSVDataModule(AttributeDataModule):
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         num_workers: int | Literal["auto"] = "auto",
-        exclude: dict[str, int] | None = None,
+        keep_if_any: dict[str, int] | None = None,
         train_group_ratio: list[float] | None = None,
         max_samples_per_split: int | None = None,
         horizontal_flip: bool = True,
@@ -69,7 +69,7 @@ class AttributeCSVDataModule(AttributeDataModule):
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
-            exclude=exclude,
+            keep_if_any=keep_if_any,
             train_group_ratio=train_group_ratio,
             max_samples_per_split=max_samples_per_split,
             horizontal_flip=horizontal_flip,

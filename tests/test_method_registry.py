@@ -23,8 +23,9 @@ def smoke_options(name: str, kind: str, classifier: Path) -> dict[str, Any]:
         "distribution_guidance": guidance,
         "h_sample_guidance": guidance,
         "attribute_switching": {"tau": 500, "search_steps": 2},
+        "invdiff": {"delta_ratio": 0.5},
     }[name]
-    if kind == "text" and name in ("conditional", "attribute_switching"):
+    if kind == "text" and name in ("conditional", "attribute_switching", "invdiff"):
         options = {**options, "prompts": CLASS_PROMPTS}
     return options
 
@@ -35,6 +36,7 @@ def test_every_package_method_is_covered() -> None:
         "conditional",
         "distribution_guidance",
         "h_sample_guidance",
+        "invdiff",
         "plain",
     ], "a new method needs its smoke options in smoke_options()"
 

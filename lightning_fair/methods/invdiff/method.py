@@ -295,15 +295,10 @@ class InvDiff(ConditionalSampling):
 
     # -------------------------------------------------------------------------------------------- training
 
-    def mixed_eps(self, x: Tensor, t: Tensor, condition: Tensor) -> Tensor:
-        """The frozen noise prediction mixed with the delta's, for one condition (no guidance)."""
-        with torch.no_grad():
-            frozen = self.backbone.eps(x, t, condition).float()
-        delta = self.backbone.companion_output(self.delta, x, t, condition).float()
-        return mix_eps(frozen, delta, self.delta_ratio)
-
-    def diffusion_losses(self, batch: dict[str, Tensor], generators: list[torch.Generator], dropout: float) -> Tensor:
-        """Per-image squared error of the mixed prediction against the noise at a drawn timestep."""
+    def diffusion_losses(
+        self, batch: dict[str, Tensor], generators: list[torch.Generator], dropout: float
+    ) -> tuple[Tensor, Tensor]:
+        """Per-image squared error of the mixed and of the frozen prediction against the noise at a drawn timestep."""
         with torch.no_grad():
             x0 = self.backbone.encode(batch["image"]).float()
         steps = int(self.backbone.scheduler_config["num_train_timesteps"])
@@ -314,13 +309,21 @@ class InvDiff(ConditionalSampling):
         if dropped.any():
             null = self.backbone.null_condition(len(dropped), self.device)
             condition = torch.where(dropped.view(-1, *[1] * (condition.ndim - 1)), null, condition)
-        eps = self.mixed_eps(self.sampler.add_noise(x0, noise, t), t, condition)
-        return (eps - noise.float()).pow(2).flatten(1).mean(dim=1)
+        x = self.sampler.add_noise(x0, noise, t)
+        with torch.no_grad():
+            frozen = self.backbone.eps(x, t, condition).float()
+        delta = self.backbone.companion_output(self.delta, x, t, condition).float()
+        eps = mix_eps(frozen, delta, self.delta_ratio)
+
+        def error(prediction: Tensor) -> Tensor:
+            return (prediction - noise.float()).pow(2).flatten(1).mean(dim=1)
+
+        return error(eps), error(frozen).detach()
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """The group-invariance loss; each image's draws depend only on ``(seed, epoch, index)``."""
         generators = training_generators(self.seed, self.current_epoch, batch["index"])
-        losses = self.diffusion_losses(batch, generators, self.condition_dropout)
+        losses, _ = self.diffusion_losses(batch, generators, self.condition_dropout)
         loss, group_losses = group_invariance_loss(losses, self.group_weights(batch), self.invariance_weight)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/mse", losses.mean())
@@ -328,14 +331,18 @@ class InvDiff(ConditionalSampling):
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """Plain and worst-true-group mean squared error of the mixed prediction (draws fixed per image)."""
+        """Mean squared error of the mixed and the frozen prediction, and the mixed one per true group (for the log).
+
+        The draws of each image are fixed (seeded by its index), so every validation compares the same noise.
+        """
         generators = sample_generators(self.seed, batch["index"], NOISE_STREAM)
         with torch.no_grad():
-            losses = self.diffusion_losses(batch, generators, dropout=0.0)
+            losses, frozen = self.diffusion_losses(batch, generators, dropout=0.0)
         data = self.training_data()
         groups, count = self.true_groups(data, batch["index"].cpu().numpy())
         one_hot = F.one_hot(torch.as_tensor(groups), count).to(losses)
         self.log("val/loss", losses.mean(), prog_bar=True, sync_dist=True)
+        self.log("val/loss_frozen", frozen.mean(), sync_dist=True)
         sums, counts = (losses[:, None] * one_hot).sum(dim=0), one_hot.sum(dim=0)
         for group in range(count):
             if counts[group] > 0:

@@ -254,6 +254,18 @@ def fit_config(
             "class_path": "AttributeSwitching",
             "init_args": {"backbone": str(tiny_backbone), "search_steps": 4},
         },
+        "invdiff": {
+            "class_path": "InvDiff",
+            "init_args": {
+                "backbone": str(tiny_backbone),
+                "groups_file": "groups.safetensors",  # in the run's folder: a resumed fit reads it back
+                "num_groups": 2,
+                "grouper_steps": 10,
+                "learning_rate": 1e-3,
+                "warmup_steps": 2,
+                "sampler": {"num_inference_steps": 3},
+            },
+        },
         "classifier": {
             "class_path": "AttributeClassifier",
             "init_args": {"attributes": ["Male"], "model_name": "test_resnet", "image_size": 32},
@@ -268,6 +280,10 @@ def fit_config(
         "attribute_switching": {
             "class_path": "GenerationRequests",
             "init_args": {"batch_size": 2, "calibration_samples": 6},
+        },
+        "invdiff": {
+            "class_path": "GenerationRequests",
+            "init_args": {"train_data": {"class_path": "CelebADataModule", "init_args": faces}},
         },
         "classifier": {"class_path": "CelebADataModule", "init_args": faces},
     }
@@ -354,6 +370,7 @@ def uninterrupted(fit_config: Callable[[str], Path], tmp_path_factory: pytest.Te
     [
         pytest.param("pretraining", marks=pytest.mark.slow),  # also killed and resumed in-process below
         "distribution_guidance",
+        "invdiff",
         pytest.param("attribute_switching", marks=pytest.mark.slow),
         pytest.param("classifier", marks=pytest.mark.slow),
     ],

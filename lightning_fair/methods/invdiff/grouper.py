@@ -10,7 +10,6 @@ then weighs as much as the others.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,8 +237,3 @@ class GroupAssignment:
         mass = self.weights.sum(dim=0)
         mean_loss = (self.weights.double() * self.losses[:, None]).sum(dim=0) / mass.double()
         return {"group_mass": mass.tolist(), "group_loss": mean_loss.tolist()}
-
-
-def describe(assignment: GroupAssignment, agreement: dict[str, float] | None, seconds: dict[str, float]) -> str:
-    """One JSON line for the log: group sizes and losses, agreement with the true groups, timings."""
-    return json.dumps({**assignment.summary(), **(agreement or {}), **seconds})

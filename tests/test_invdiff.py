@@ -20,7 +20,7 @@ from lightning_fair.callbacks import FairnessEvaluator
 from lightning_fair.cli import main
 from lightning_fair.data import CelebADataModule
 from lightning_fair.data.dataset import AttributeImageDataset
-from lightning_fair.diffusion import DiffusionSampler, SamplerConfig
+from lightning_fair.diffusion import DiffusionSampler, SamplerConfig, Step
 from lightning_fair.methods import ConditionalSampling, InvDiff
 from lightning_fair.methods.invdiff import GroupAssignment, group_invariance_loss, mix_eps, optimise_group_weights
 from lightning_fair.methods.invdiff.grouper import group_agreement, per_sample_losses, rows_fingerprint
@@ -202,8 +202,6 @@ def test_a_fresh_delta_leaves_the_frozen_model_unchanged_in_the_residual_regimes
         torch.testing.assert_close(images, reference, rtol=0, atol=1e-6)
     method = InvDiff(str(tiny_backbone), sampler=sampler, delta_ratio=0.25)  # starts at (1 - r) eps
     x = torch.randn(2, 3, 32, 32)
-    from lightning_fair.diffusion import Step
-
     step = Step(0, torch.tensor(500), 3)
     state = method.init_state(torch.arange(2))
     frozen = method.unet_eps(x, step, state)

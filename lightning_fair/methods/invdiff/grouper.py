@@ -18,8 +18,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from lightning_fair.backbones import Condition, DiffusionBackbone
+from lightning_fair.data.keyed_rows import sharded_pass
 from lightning_fair.diffusion.seeding import GROUPING_STREAM, per_sample_randn, sample_generators
-from lightning_fair.utils.distributed import gather_rows
 
 AddNoise = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -40,9 +40,9 @@ def per_sample_losses(
     """The frozen model's diffusion loss of every image of ``dataset``, against the noise it was given.
 
     Image ``i`` (its dataset ``index``) is noised with noise drawn from ``(seed, i)`` at one timestep drawn uniformly
-    from the same generator, or, with ``timesteps``, at each of them (its loss is then their mean). Batch ``b`` of the
-    dataset's order is computed by process ``b % world_size`` and the losses of every process are gathered, so every
-    process returns the same losses, each image once, however many processes share the pass.
+    from the same generator, or, with ``timesteps``, at each of them (its loss is then their mean). The pass is shared
+    among the processes by :func:`~lightning_fair.data.keyed_rows.sharded_pass`: every process returns the same
+    losses, each image once, however many processes share it.
 
     Args:
         backbone: the frozen model.
@@ -60,33 +60,25 @@ def per_sample_losses(
         Dataset indices (sorted) and their losses (float64), on the CPU.
     """
     num_train_timesteps = int(backbone.scheduler_config["num_train_timesteps"])
-    indices, losses = [], []
-    for start in range(rank * batch_size, len(dataset), world_size * batch_size):
-        items = [dataset[item] for item in range(start, min(start + batch_size, len(dataset)))]
-        images = torch.stack([item["image"] for item in items]).to(device)
-        index = torch.stack([item["index"] for item in items])
-        attributes = torch.stack([item["attributes"] for item in items])
-        x0 = backbone.encode(images)
-        condition = condition_of(attributes)
-        generators = sample_generators(seed, index, GROUPING_STREAM)
+
+    def losses(batch: dict[str, Tensor]) -> Tensor:
+        x0 = backbone.encode(batch["image"])
+        condition = condition_of(batch["attributes"])
+        generators = sample_generators(seed, batch["index"], GROUPING_STREAM)
         draws = timesteps or [None]
-        total = torch.zeros(len(items), dtype=torch.float64, device=device)
+        total = torch.zeros(len(x0), dtype=torch.float64, device=device)
         for fixed in draws:
             noise = per_sample_randn(generators, tuple(x0.shape[1:]), device)
             if fixed is None:
                 t = torch.cat([torch.randint(0, num_train_timesteps, (1,), generator=g) for g in generators])
             else:
-                t = torch.full((len(items),), fixed, dtype=torch.long)
+                t = torch.full((len(x0),), fixed, dtype=torch.long)
             t = t.to(device)
             eps = backbone.eps(add_noise(x0, noise, t), t, condition)
             total += (eps.float() - noise.float()).pow(2).flatten(1).mean(dim=1).double()
-        indices.append(index)
-        losses.append((total / len(draws)).cpu())
-    index = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long)
-    loss = torch.cat(losses) if losses else torch.empty(0, dtype=torch.float64)
-    index, loss = gather_rows(index.to(device)).cpu(), gather_rows(loss.to(device)).cpu()
-    order = torch.argsort(index)
-    return index[order], loss[order]
+        return total / len(draws)
+
+    return sharded_pass(dataset, losses, batch_size, device, rank, world_size)
 
 
 def optimise_group_weights(

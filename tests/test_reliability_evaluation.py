@@ -313,7 +313,11 @@ def test_quality_of_one_sample_is_null(tiny_classifier: Path, faces_root: Path, 
 def test_agreement_of_a_class_never_requested_is_null(tiny_classifier: Path) -> None:
     evaluator = evaluator_predicting(tiny_classifier)
     evaluator.update(images_of([1, 0, 1, 1], [0, 0, 1, 1]), {"Male": torch.ones(4, dtype=torch.long)})
-    with pytest.warns(UserWarning, match=r"agreement/Male=0 is undefined: no sample was requested Male=0"):
+    with pytest.warns(
+        UserWarning, match=r"agreement/Male=0, bias_score/Male=0 are undefined: no sample was requested Male=0"
+    ):
         results = evaluator.compute()
     assert results["agreement/Male=0"] is None
     assert results["agreement/Male=1"] == results["agreement/Male"] == 0.75
+    assert results["bias_score/Male=0"] is None
+    assert results["bias_score/Male=1"] == results["bias_score_by/Male"] == 0.5  # 3 of 4 predicted Male: |0.75 - 0.25|

@@ -11,11 +11,16 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from lightning_fair.cli import main
+from lightning_fair.cli import build_cli, main
 from lightning_fair.data.keyed_rows import KeyedRows
 from lightning_fair.methods import PlainSampling, SelfGuidance
 from lightning_fair.methods.self_guidance import TimmFeatures, fit_clusters, solve_cluster_weights
-from lightning_fair.methods.self_guidance.clusters import assign_clusters, cluster_composition
+from lightning_fair.methods.self_guidance.clusters import (
+    assign_clusters,
+    cluster_composition,
+    cluster_frequencies,
+    labelled_members,
+)
 
 
 def test_kmeans_finds_separated_clusters_and_assigns_as_it_fitted() -> None:
@@ -115,9 +120,7 @@ def self_guidance_config(tiny_backbone: Path, tiny_classifier: Path, faces_root:
             backbone: {tiny_backbone}
             clusters_file: {tmp_path / "clusters.safetensors"}
             num_clusters: 4
-            classifier: {tiny_classifier}
-            cluster_distribution: target
-            target_distributions: {{Male: [0.5, 0.5]}}
+            cluster_distribution: uniform
             learning_rate: 1.0e-3
             warmup_steps: 1
             sampler: {{num_inference_steps: 2, cfg_scale: 2.0}}
@@ -144,17 +147,57 @@ def test_fit_clusters_trains_the_embedding_only_and_tests(self_guidance_config: 
     main(["fit", "-c", str(config)])
     clusters = KeyedRows.load(tmp_path / "clusters.safetensors", "clusters_file", "clusters")
     assert len(clusters.indices) == 240
+    assert set(clusters.tensors) == {"assignments"}  # no label went into fit
     assert clusters.tensors["assignments"].max() < 4
     assert clusters.provenance["features"].startswith("hspace")
     report = (tmp_path / "clusters.json").read_text()
     assert '"share_Male"' in report
     checkpoint = torch.load(tmp_path / "self_guidance" / "last.ckpt", weights_only=True)
     keys = set(checkpoint["state_dict"])
-    assert keys == {"cluster_frequencies", "composition_Male"} | {key for key in keys if key.startswith("embedding.")}
-    torch.testing.assert_close(checkpoint["state_dict"]["cluster_frequencies"].sum(), torch.tensor(1.0))
+    assert keys == {"cluster_frequencies"} | {key for key in keys if key.startswith("embedding.")}
+    torch.testing.assert_close(
+        checkpoint["state_dict"]["cluster_frequencies"], cluster_frequencies(clusters.tensors["assignments"], 4).float()
+    )
     assert checkpoint["state_dict"]["embedding.layers.2.weight"].abs().sum() > 0  # it trained
     main(["test", "-c", str(config), "--ckpt_path", str(tmp_path / "self_guidance" / "last.ckpt")])
     assert next((tmp_path / "logs" / "self_guidance").glob("version_*/metrics.json")).is_file()
+
+
+def test_labelled_members_by_hand() -> None:
+    assignments = torch.tensor([0, 1, 0, 0, 2, 1, 0])
+    torch.testing.assert_close(labelled_members(assignments, 3, None, seed=0), torch.arange(7))
+    chosen = labelled_members(assignments, 3, 2, seed=0)
+    assert torch.equal(torch.bincount(assignments[chosen], minlength=3), torch.tensor([2, 2, 1]))
+    assert torch.equal(chosen, torch.sort(chosen).values)
+    assert torch.equal(chosen, labelled_members(assignments, 3, 2, seed=0))
+
+
+def test_target_draws_reuse_a_label_free_fit(
+    self_guidance_config: Callable, tiny_classifier: Path, tmp_path: Path, cli_error: Callable
+) -> None:
+    config = self_guidance_config()
+    main(["fit", "-c", str(config)])
+    checkpoint = str(tmp_path / "self_guidance" / "last.ckpt")
+    target = [
+        "--model.init_args.cluster_distribution=target",
+        f"--model.init_args.classifier={tiny_classifier}",
+        "--model.init_args.target_distributions={Male: [0.3, 0.7]}",
+    ]
+    cli = build_cli(["-c", str(config), *target], run=False)
+    cli.trainer.test(cli.model, cli.datamodule, ckpt_path=checkpoint, verbose=False)
+    weights = cli.model.draw_weights()
+    torch.testing.assert_close(weights.sum(), torch.tensor(1.0, dtype=torch.float64))
+    (composition,) = cli.model.cluster_compositions(["Male"])
+    reached = composition.T @ weights
+    shares = composition[:, 1]  # P(Male) of each cluster's members
+    expected = min(max(0.7, float(shares.min())), float(shares.max()))  # the target, or the nearest reachable share
+    assert abs(float(reached[1]) - expected) < 1e-3
+    clusters = KeyedRows.load(tmp_path / "clusters.safetensors", "clusters_file", "clusters")
+    KeyedRows(
+        clusters.indices, {"assignments": torch.zeros_like(clusters.tensors["assignments"])}, clusters.provenance
+    ).save(tmp_path / "clusters.safetensors")
+    line = cli_error(["test", "-c", str(config), *target, "--ckpt_path", checkpoint])
+    assert "holds other clusters than the embedding was trained on" in line
 
 
 def test_clusters_file_of_other_features_is_refused(

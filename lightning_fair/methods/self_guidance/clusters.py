@@ -44,6 +44,18 @@ def cluster_composition(assignments: Tensor, labels: Tensor, num_clusters: int, 
     return torch.where(sizes > 0, counts / sizes.clamp_min(1), 1.0 / num_classes)
 
 
+def labelled_members(assignments: Tensor, num_clusters: int, per_cluster: int | None, seed: int) -> Tensor:
+    """Positions of the members whose labels are read: all, or ``per_cluster`` of each cluster drawn with ``seed``."""
+    if per_cluster is None:
+        return torch.arange(len(assignments))
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for cluster in range(num_clusters):
+        members = torch.nonzero(assignments == cluster).flatten()
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_cluster]])
+    return torch.sort(torch.cat(chosen)).values
+
+
 def solve_cluster_weights(
     compositions: list[Tensor], targets: list[Tensor], prior: Tensor
 ) -> tuple[Tensor, list[Tensor]]:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from sklearn.metrics import normalized_mutual_info_score
 from torch import Tensor, nn
+from torch.utils.data import Subset
 
 from lightning_fair.backbones import AdapterInputs
 from lightning_fair.callbacks.run_folder import run_folder
@@ -34,6 +35,7 @@ from lightning_fair.methods.self_guidance.clusters import (
     cluster_composition,
     cluster_frequencies,
     fit_clusters,
+    labelled_members,
     solve_cluster_weights,
 )
 from lightning_fair.methods.self_guidance.features import ClassifierFeatures, HSpaceFeatures, TimmFeatures
@@ -104,6 +106,7 @@ class SelfGuidance(DebiasingMethod):
         cluster_distribution: ``data``, ``uniform`` or ``target``.
         classifier: an ``AttributeClassifier`` for ``classifier`` features and ``target`` draws.
         target_distributions: per attribute of the classifier, the distribution the clusters must carry (``target``).
+        labels_per_cluster: members of each cluster the classifier labels for ``target`` (all when ``None``).
         condition_dropout: probability of training on the null condition.
         learning_rate: AdamW learning rate after warm-up (the paper's at 32 px: 3e-4).
         weight_decay: AdamW weight decay (the paper's: 0.01).
@@ -128,6 +131,7 @@ class SelfGuidance(DebiasingMethod):
         cluster_distribution: Literal["data", "uniform", "target"] = "uniform",
         classifier: str | None = None,
         target_distributions: dict[str, list[float]] | None = None,
+        labels_per_cluster: int | None = None,
         condition_dropout: float = 0.1,
         learning_rate: float = 3e-4,
         weight_decay: float = 0.01,
@@ -149,7 +153,11 @@ class SelfGuidance(DebiasingMethod):
         if features == "timm" and (feature_model is None or feature_weights is None):
             raise ValueError("features='timm' needs 'feature_model' and a local 'feature_weights' file")
         check_ranges(
-            positive={"feature_batch_size": feature_batch_size, "learning_rate": learning_rate},
+            positive={
+                "feature_batch_size": feature_batch_size,
+                "learning_rate": learning_rate,
+                "labels_per_cluster": labels_per_cluster,
+            },
             non_negative={"weight_decay": weight_decay, "warmup_steps": warmup_steps},
             probability={"condition_dropout": condition_dropout},
         )
@@ -173,12 +181,9 @@ class SelfGuidance(DebiasingMethod):
         if self.classifier_reference is not None:
             self.add_frozen("classifier", load_classifier(self.classifier_reference))
         self.register_buffer("cluster_frequencies", torch.full((self.num_clusters,), 1.0 / self.num_clusters))
-        self.compositions: dict[str, Tensor] = {}
         for name, target in self.target_distributions.items():
             column = self.classifier.attribute_index(name, "target_distributions")
-            classes = self.classifier.num_classes[column]
-            validate_distribution(target, classes, f"target_distributions.{name}")
-            self.register_buffer(f"composition_{name}", torch.full((self.num_clusters, classes), 1.0 / classes))
+            validate_distribution(target, self.classifier.num_classes[column], f"target_distributions.{name}")
         self._draw_weights: Tensor | None = None
 
     def feature_extractor(self) -> nn.Module:
@@ -213,69 +218,53 @@ class SelfGuidance(DebiasingMethod):
         return Path(self.clusters_file) if self.clusters_file else run_folder(self.trainer) / DEFAULT_CLUSTERS_FILE
 
     def on_fit_start(self) -> None:
-        """Reads the clusters file, or extracts features, clusters them and writes it; sets the draw buffers."""
+        """Reads the clusters file, or extracts features, clusters them and writes it; keeps their frequencies."""
         super().on_fit_start()
         self.clusters = self.load_or_make_clusters()
-        assignments = self.clusters.tensors["assignments"]
-        self.cluster_frequencies.copy_(cluster_frequencies(assignments, self.num_clusters))
-        for name in self.target_distributions:
-            column = self.classifier.attribute_index(name)
-            labels = self.clusters.tensors[f"label_{name}"]
-            composition = cluster_composition(
-                assignments, labels, self.num_clusters, self.classifier.num_classes[column]
-            )
-            getattr(self, f"composition_{name}").copy_(composition)
+        self.cluster_frequencies.copy_(cluster_frequencies(self.clusters.tensors["assignments"], self.num_clusters))
 
-    def load_or_make_clusters(self) -> KeyedRows:
-        """The clusters of the train split, read back (and checked) or made and written."""
-        data = self.training_data()
+    def split_provenance(self, data: AttributeDataModule) -> dict[str, str]:
+        """What the clusters of ``data``'s train split are tied to, whatever their features."""
         rows = data.split_indices(CLUSTERS_SPLIT)
-        extractor = self.feature_extractor()
-        provenance = {
+        return {
             "backbone": self.hparams["backbone"],
             "dataset": str(data.root),
             "split": CLUSTERS_SPLIT,
             "fingerprint": split_fingerprint([data.table.image_paths[row] for row in rows], data.root),
-            "features": extractor.description,
             "num_clusters": str(self.num_clusters),
-            "labels": ",".join(sorted(self.target_distributions)),
         }
+
+    def train_split(self, data: AttributeDataModule) -> AttributeImageDataset:
+        """The train split's images in dataset order, with their indices, as the feature pass reads them."""
+        rows = data.split_indices(CLUSTERS_SPLIT)
+        return AttributeImageDataset(
+            [data.table.image_paths[row] for row in rows], data.table.attributes[rows], rows, data.transform(False)
+        )
+
+    def load_or_make_clusters(self) -> KeyedRows:
+        """The clusters of the train split, read back (and checked) or made and written."""
+        data = self.training_data()
+        extractor = self.feature_extractor()
+        provenance = {**self.split_provenance(data), "features": extractor.description}
         path = self.clusters_path()
         if path.exists():
             clusters = KeyedRows.load(path, "clusters_file", CLUSTERS_KIND)
             clusters.check(path, "clusters_file", CLUSTERS_KIND, provenance)
             rank_zero_info(f"SelfGuidance: read the clusters of {len(clusters.indices)} images ({path})")
             return clusters
-        dataset = AttributeImageDataset(
-            [data.table.image_paths[row] for row in rows], data.table.attributes[rows], rows, data.transform(False)
-        )
-        labelled = sorted(self.target_distributions)
-
-        def compute(batch: dict[str, Tensor]) -> Tensor:
-            features = extractor(batch["image"], batch["index"])
-            if not labelled:
-                return features
-            probabilities = self.classifier.predict_proba(batch["image"])
-            labels = [probabilities[name].argmax(dim=1, keepdim=True).float() for name in labelled]
-            return torch.cat([features, *labels], dim=1)
-
         start = time.perf_counter()
-        indices, values = sharded_pass(
-            dataset,
-            compute,
+        indices, features = sharded_pass(
+            self.train_split(data),
+            lambda batch: extractor(batch["image"], batch["index"]),
             self.hparams["feature_batch_size"],
             self.device,
             self.trainer.global_rank,
             self.trainer.world_size,
         )
         features_seconds = time.perf_counter() - start
-        features = values[:, : values.shape[1] - len(labelled)]
         start = time.perf_counter()
         _, assignments = fit_clusters(features, self.num_clusters, self.seed)
-        tensors = {"assignments": assignments}
-        for offset, name in enumerate(labelled):
-            tensors[f"label_{name}"] = values[:, features.shape[1] + offset].long()
-        clusters = KeyedRows(indices, tensors, provenance)
+        clusters = KeyedRows(indices, {"assignments": assignments}, provenance)
         report = {
             "images": len(indices),
             "features": extractor.description,
@@ -289,10 +278,15 @@ class SelfGuidance(DebiasingMethod):
             write_text_atomically(path.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
         self.trainer.strategy.barrier()
         nmi = ", ".join(f"{name} {value:.3f}" for name, value in report["nmi"].items())
+        shares = "; ".join(
+            f"{row['cluster']}: {row['size']} images, "
+            + ", ".join(f"{key[6:]} {value:.2f}" for key, value in row.items() if key.startswith("share_"))
+            for row in report["clusters"]
+        )
         rank_zero_info(
             f"SelfGuidance: {self.num_clusters} clusters of {len(indices)} images ({extractor.description}) in "
-            f"{features_seconds:.1f} s (features) + {report['kmeans_seconds']:.1f} s (k-means); NMI with the data's "
-            f"attributes (log only): {nmi}; written to {path}"
+            f"{features_seconds:.1f} s (features) + {report['kmeans_seconds']:.1f} s (k-means); written to {path}. "
+            f"Against the data's attributes (log only, never used): NMI {nmi}; clusters {shares}"
         )
         return clusters
 
@@ -347,6 +341,16 @@ class SelfGuidance(DebiasingMethod):
 
     # -------------------------------------------------------------------------------------------- sampling
 
+    def on_test_start(self) -> None:
+        """Solves the target cluster weights (the clusters file, the classifier, the configured targets)."""
+        super().on_test_start()
+        self._draw_weights = self.solve_target_weights() if self.cluster_distribution == "target" else None
+
+    def on_predict_start(self) -> None:
+        """Solves the target cluster weights (the clusters file, the classifier, the configured targets)."""
+        super().on_predict_start()
+        self._draw_weights = self.solve_target_weights() if self.cluster_distribution == "target" else None
+
     def draw_weights(self) -> Tensor:
         """The probability of each cluster at sampling (see ``cluster_distribution``)."""
         if self.cluster_distribution == "uniform":
@@ -354,26 +358,77 @@ class SelfGuidance(DebiasingMethod):
         if self.cluster_distribution == "data":
             return self.cluster_frequencies.double().cpu()
         if self._draw_weights is None:
-            names = sorted(self.target_distributions)
-            compositions = [getattr(self, f"composition_{name}").cpu() for name in names]
-            targets = [torch.as_tensor(self.target_distributions[name], dtype=torch.float64) for name in names]
-            weights, reached = solve_cluster_weights(compositions, targets, self.cluster_frequencies.double().cpu())
-            carried = ", ".join(
-                f"{name} {[round(p, 3) for p in r.tolist()]}" for name, r in zip(names, reached, strict=True)
-            )
-            rank_zero_info(f"SelfGuidance: cluster weights solved for the targets; the clusters carry {carried}")
-            self._draw_weights = weights
+            raise RuntimeError("SelfGuidance's target cluster weights are solved when sampling starts")
         return self._draw_weights
 
-    def on_test_start(self) -> None:
-        """Solves the cluster weights anew (the checkpoint's compositions, the configured targets)."""
-        super().on_test_start()
-        self._draw_weights = None
+    def solve_target_weights(self) -> Tensor:
+        """Cluster weights whose members' classifier labels carry ``target_distributions``, near the data's."""
+        names = sorted(self.target_distributions)
+        compositions = self.cluster_compositions(names)
+        targets = [torch.as_tensor(self.target_distributions[name], dtype=torch.float64) for name in names]
+        weights, reached = solve_cluster_weights(compositions, targets, self.cluster_frequencies.double().cpu())
+        carried = ", ".join(
+            f"{name} {[round(p, 3) for p in r.tolist()]}" for name, r in zip(names, reached, strict=True)
+        )
+        rank_zero_info(
+            f"SelfGuidance: cluster weights {[round(w, 3) for w in weights.tolist()]} solved for the targets; "
+            f"the clusters carry {carried}"
+        )
+        return weights
 
-    def on_predict_start(self) -> None:
-        """Solves the cluster weights anew (the checkpoint's compositions, the configured targets)."""
-        super().on_predict_start()
-        self._draw_weights = None
+    def cluster_compositions(self, names: list[str]) -> list[Tensor]:
+        """Per attribute of ``names``, the ``(K, C)`` class shares of each cluster's members, by the classifier.
+
+        The members are those of ``clusters_file`` (at most ``labels_per_cluster`` of each, drawn with the seed), so
+        a new target needs labels of a few images and no retraining.
+        """
+        data = self.training_data()
+        data.setup("fit")
+        path = self.clusters_path()
+        if not path.exists():
+            raise ValueError(f"Option 'clusters_file': '{path}' does not exist; cluster_distribution='target' reads it")
+        clusters = KeyedRows.load(path, "clusters_file", CLUSTERS_KIND)
+        clusters.check(path, "clusters_file", CLUSTERS_KIND, self.split_provenance(data))
+        trained_on = self.cluster_frequencies.double().cpu()
+        if not torch.allclose(cluster_frequencies(clusters.tensors["assignments"], self.num_clusters), trained_on):
+            raise ValueError(
+                f"Option 'clusters_file': '{path}' holds other clusters than the embedding was trained on "
+                f"(their sizes differ from the checkpoint's {[round(share, 3) for share in trained_on.tolist()]})"
+            )
+        dataset = self.train_split(data)
+        assignments = clusters.rows("assignments", torch.as_tensor(dataset.indices))
+        members = labelled_members(assignments, self.num_clusters, self.hparams["labels_per_cluster"], self.seed)
+        columns = [self.classifier.attribute_index(name) for name in names]
+
+        def labels(batch: dict[str, Tensor]) -> Tensor:
+            probabilities = self.classifier.predict_proba(batch["image"])
+            return torch.stack([probabilities[name].argmax(dim=1) for name in names], dim=1)
+
+        start = time.perf_counter()
+        indices, predicted = sharded_pass(
+            Subset(dataset, members.tolist()),
+            labels,
+            self.hparams["feature_batch_size"],
+            self.device,
+            self.trainer.global_rank,
+            self.trainer.world_size,
+        )
+        member_clusters = clusters.rows("assignments", indices)
+        compositions = [
+            cluster_composition(
+                member_clusters, predicted[:, offset], self.num_clusters, self.classifier.num_classes[c]
+            )
+            for offset, c in enumerate(columns)
+        ]
+        rank_zero_info(
+            f"SelfGuidance: the classifier labelled {len(indices)} cluster members "
+            f"in {time.perf_counter() - start:.1f} s"
+            + "".join(
+                f"; {name} shares per cluster {[round(float(row[-1]), 3) for row in composition]}"
+                for name, composition in zip(names, compositions, strict=True)
+            )
+        )
+        return compositions
 
     def init_state(self, indices: Tensor) -> SamplingState:
         """Draws each sample's cluster; the guidance's null branch keeps the neutral condition without it."""

@@ -207,3 +207,26 @@ def test_clusters_file_of_other_features_is_refused(
     line = cli_error(["fit", "-c", str(self_guidance_config(name="second", model="feature_timestep: 300"))])
     assert "Option 'clusters_file'" in line
     assert "holds clusters of features 'hspace(t=500, seed=0)', not 'hspace(t=300, seed=0)'" in line
+
+
+def test_lora_adapters_train_with_the_embedding_and_only_they_are_checkpointed(
+    self_guidance_config: Callable, tmp_path: Path
+) -> None:
+    config = self_guidance_config(model="lora_rank: 2\n            lora_target_modules: [conv1, conv2]")
+    main(["fit", "-c", str(config)])
+    state = torch.load(tmp_path / "self_guidance" / "last.ckpt", weights_only=True)["state_dict"]
+    unet_keys = {key for key in state if key.startswith("backbone.")}
+    assert unet_keys and all(".lora_A." in key or ".lora_B." in key for key in unet_keys)
+    assert any(state[key].abs().sum() > 0 for key in unet_keys if ".lora_B." in key)  # B starts at zero: it trained
+    cli = build_cli(["-c", str(config)], run=False)
+    cli.trainer.test(cli.model, cli.datamodule, ckpt_path=str(tmp_path / "self_guidance" / "last.ckpt"), verbose=False)
+    loaded = cli.model.state_dict()
+    for key, value in state.items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+
+
+def test_lora_on_layers_the_unet_lacks_is_one_clear_error(tiny_backbone: Path) -> None:
+    with pytest.raises(
+        ValueError, match=r"Option 'lora_target_modules': \['qkv'\] name no layer of the backbone's UNet"
+    ):
+        SelfGuidance(str(tiny_backbone), lora_rank=2, lora_target_modules=["to_q", "qkv"])

@@ -39,6 +39,7 @@ from lightning_fair.methods.self_guidance.clusters import (
     solve_cluster_weights,
 )
 from lightning_fair.methods.self_guidance.features import ClassifierFeatures, HSpaceFeatures, TimmFeatures
+from lightning_fair.methods.self_guidance.lora import LORA_TARGETS, add_lora
 from lightning_fair.metrics import validate_distribution
 from lightning_fair.utils.files import write_text_atomically
 from lightning_fair.utils.options import check_ranges
@@ -107,6 +108,10 @@ class SelfGuidance(DebiasingMethod):
         classifier: an ``AttributeClassifier`` for ``classifier`` features and ``target`` draws.
         target_distributions: per attribute of the classifier, the distribution the clusters must carry (``target``).
         labels_per_cluster: members of each cluster the classifier labels for ``target`` (all when ``None``).
+        lora_rank: rank of LoRA adapters (peft) on the frozen UNet's layers, trained with the embedding for more
+            capacity; 0 (default) trains the embedding alone.
+        lora_target_modules: the UNet layers LoRA adapts, by name (default: the attention projections ``to_q``,
+            ``to_k``, ``to_v``, ``to_out.0``; ``conv1``, ``conv2`` for the ResNet convolutions).
         condition_dropout: probability of training on the null condition.
         learning_rate: AdamW learning rate after warm-up (the paper's at 32 px: 3e-4).
         weight_decay: AdamW weight decay (the paper's: 0.01).
@@ -132,6 +137,8 @@ class SelfGuidance(DebiasingMethod):
         classifier: str | None = None,
         target_distributions: dict[str, list[float]] | None = None,
         labels_per_cluster: int | None = None,
+        lora_rank: int = 0,
+        lora_target_modules: list[str] | None = None,
         condition_dropout: float = 0.1,
         learning_rate: float = 3e-4,
         weight_decay: float = 0.01,
@@ -158,7 +165,7 @@ class SelfGuidance(DebiasingMethod):
                 "learning_rate": learning_rate,
                 "labels_per_cluster": labels_per_cluster,
             },
-            non_negative={"weight_decay": weight_decay, "warmup_steps": warmup_steps},
+            non_negative={"weight_decay": weight_decay, "warmup_steps": warmup_steps, "lora_rank": lora_rank},
             probability={"condition_dropout": condition_dropout},
         )
         self.clusters_file = clusters_file
@@ -178,6 +185,8 @@ class SelfGuidance(DebiasingMethod):
         """The cluster embedding, the feature extractor and the buffers of the cluster draws."""
         width = self.backbone.unet.time_embedding.linear_2.out_features
         self.embedding = ClusterEmbedding(self.num_clusters, width)
+        if self.hparams["lora_rank"]:
+            add_lora(self.backbone.unet, self.hparams["lora_rank"], self.hparams["lora_target_modules"] or LORA_TARGETS)
         if self.classifier_reference is not None:
             self.add_frozen("classifier", load_classifier(self.classifier_reference))
         self.register_buffer("cluster_frequencies", torch.full((self.num_clusters,), 1.0 / self.num_clusters))
@@ -331,9 +340,10 @@ class SelfGuidance(DebiasingMethod):
         return loss
 
     def configure_optimizers(self) -> dict:
-        """AdamW on the cluster embedding with a linear warm-up (the paper's)."""
+        """AdamW on the cluster embedding (and the LoRA adapters) with a linear warm-up (the paper's)."""
+        trainable = [parameter for parameter in self.parameters() if parameter.requires_grad]
         optimizer = torch.optim.AdamW(
-            self.embedding.parameters(), lr=self.hparams["learning_rate"], weight_decay=self.hparams["weight_decay"]
+            trainable, lr=self.hparams["learning_rate"], weight_decay=self.hparams["weight_decay"]
         )
         warmup = max(1, self.hparams["warmup_steps"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))

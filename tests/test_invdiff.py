@@ -20,10 +20,11 @@ from lightning_fair.callbacks import FairnessEvaluator
 from lightning_fair.cli import main
 from lightning_fair.data import CelebADataModule
 from lightning_fair.data.dataset import AttributeImageDataset
+from lightning_fair.data.keyed_rows import KeyedRows, split_fingerprint
 from lightning_fair.diffusion import DiffusionSampler, SamplerConfig, Step
 from lightning_fair.methods import ConditionalSampling, InvDiff
-from lightning_fair.methods.invdiff import GroupAssignment, group_invariance_loss, mix_eps, optimise_group_weights
-from lightning_fair.methods.invdiff.grouper import group_agreement, per_sample_losses, rows_fingerprint
+from lightning_fair.methods.invdiff import group_invariance_loss, mix_eps, optimise_group_weights
+from lightning_fair.methods.invdiff.grouper import group_agreement, per_sample_losses
 
 # ------------------------------------------------------------------------------------------------ the objective
 
@@ -82,46 +83,44 @@ def test_group_weights_need_two_groups() -> None:
         optimise_group_weights(torch.rand(10), num_groups=1)
 
 
-def _assignment(backbone: str = "model", fingerprint: str = "abc") -> GroupAssignment:
+PROVENANCE = {"backbone": "model", "dataset": "d", "split": "train", "fingerprint": "abc", "num_groups": "2"}
+
+
+def _assignment() -> KeyedRows:
     weights = torch.tensor([[0.2, 0.8], [1.0, 0.0], [0.5, 0.5]])
-    return GroupAssignment(
-        torch.tensor([3, 8, 11]), weights, torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64), backbone, "d", "train",
-        fingerprint,
-    )  # fmt: skip
+    return KeyedRows(torch.tensor([3, 8, 11]), {"weights": weights}, dict(PROVENANCE))
 
 
 def test_groups_file_round_trip_and_rows_by_dataset_index(tmp_path: Path) -> None:
     path = tmp_path / "groups.safetensors"
     _assignment().save(path)
-    loaded = GroupAssignment.load(path)
-    loaded.check(path, "model", "abc", "train", 2)
-    torch.testing.assert_close(loaded.rows(torch.tensor([11, 3])), torch.tensor([[0.5, 0.5], [0.2, 0.8]]))
+    loaded = KeyedRows.load(path, "groups_file", "groups")
+    loaded.check(path, "groups_file", "groups", PROVENANCE)
+    torch.testing.assert_close(loaded.rows("weights", torch.tensor([11, 3])), torch.tensor([[0.5, 0.5], [0.2, 0.8]]))
     with pytest.raises(ValueError, match="Dataset index 4 has no row"):
-        loaded.rows(torch.tensor([3, 4]))
+        loaded.rows("weights", torch.tensor([3, 4]))
 
 
 @pytest.mark.parametrize(
-    ("backbone", "fingerprint", "num_groups", "match"),
+    ("key", "value", "match"),
     [
-        ("other", "abc", 2, "inferred with the backbone 'model', not 'other'"),
-        ("model", "xyz", 2, "of another dataset or split"),
-        ("model", "abc", 4, "of K = 2 groups, but 'num_groups' is 4"),
+        ("backbone", "other", "holds groups of backbone 'model', not 'other'"),
+        ("fingerprint", "xyz", "holds groups of fingerprint 'abc', not 'xyz'"),
+        ("num_groups", "4", "holds groups of num_groups '2', not '4'"),
     ],
 )
-def test_groups_file_of_something_else_is_refused(
-    tmp_path: Path, backbone: str, fingerprint: str, num_groups: int, match: str
-) -> None:
+def test_groups_file_of_something_else_is_refused(tmp_path: Path, key: str, value: str, match: str) -> None:
     path = tmp_path / "groups.safetensors"
     _assignment().save(path)
-    with pytest.raises(ValueError, match=match):
-        GroupAssignment.load(path).check(path, backbone, fingerprint, "train", num_groups)
+    with pytest.raises(ValueError, match=f"Option 'groups_file': '.*' {match}"):
+        KeyedRows.load(path, "groups_file", "groups").check(path, "groups_file", "groups", {**PROVENANCE, key: value})
 
 
 def test_a_file_that_is_no_groups_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "groups.safetensors"
     path.write_text("not a groups file")
     with pytest.raises(ValueError, match=r"Option 'groups_file': '.*' is not a groups file"):
-        GroupAssignment.load(path)
+        KeyedRows.load(path, "groups_file", "groups")
 
 
 def _grouper_inputs(backbone_folder: str, faces_root: str) -> dict:
@@ -304,12 +303,12 @@ def invdiff_config(tiny_backbone: Path, tiny_classifier: Path, faces_root: Path,
 def test_fit_infers_groups_trains_the_delta_only_and_tests(invdiff_config: Callable, tmp_path: Path) -> None:
     config = invdiff_config()
     main(["fit", "-c", str(config)])
-    groups = GroupAssignment.load(tmp_path / "groups.safetensors")
-    data = CelebADataModule(root=groups.dataset, attributes=["Male"], sensitive="Male", image_size=32)
+    groups = KeyedRows.load(tmp_path / "groups.safetensors", "groups_file", "groups")
+    data = CelebADataModule(root=groups.provenance["dataset"], attributes=["Male"], sensitive="Male", image_size=32)
     rows = data.split_indices("train")
     assert torch.equal(groups.indices, torch.as_tensor(rows))
-    assert groups.fingerprint == rows_fingerprint([data.table.image_paths[row] for row in rows], data.root)
-    torch.testing.assert_close(groups.weights.sum(dim=1), torch.ones(len(rows)))
+    assert groups.provenance["fingerprint"] == split_fingerprint([data.table.image_paths[r] for r in rows], data.root)
+    torch.testing.assert_close(groups.tensors["weights"].sum(dim=1), torch.ones(len(rows)))
     report = (tmp_path / "groups.json").read_text()
     assert '"nmi"' in report
     assert '"pass_seconds"' in report
@@ -329,7 +328,7 @@ def test_groups_file_of_another_split_is_refused(invdiff_config: Callable, tmp_p
     other = invdiff_config(name="second", data="max_samples_per_split: 100")
     line = cli_error(["fit", "-c", str(other)])
     assert "Option 'groups_file'" in line
-    assert "of another dataset or split" in line
+    assert "holds groups of fingerprint" in line
 
 
 def test_oracle_groups_train_without_a_groups_file(invdiff_config: Callable, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ def smoke_options(name: str, kind: str, classifier: Path) -> dict[str, Any]:
         "h_sample_guidance": guidance,
         "attribute_switching": {"tau": 500, "search_steps": 2},
         "invdiff": {"delta_ratio": 0.5},
+        "self_guidance": {"num_clusters": 3},
     }[name]
     if kind == "text" and name in ("conditional", "attribute_switching", "invdiff"):
         options = {**options, "prompts": CLASS_PROMPTS}
@@ -38,6 +39,7 @@ def test_every_package_method_is_covered() -> None:
         "h_sample_guidance",
         "invdiff",
         "plain",
+        "self_guidance",
     ], "a new method needs its smoke options in smoke_options()"
 
 

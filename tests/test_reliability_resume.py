@@ -266,6 +266,17 @@ def fit_config(
                 "sampler": {"num_inference_steps": 3},
             },
         },
+        "self_guidance": {
+            "class_path": "SelfGuidance",
+            "init_args": {
+                "backbone": str(tiny_backbone),
+                "clusters_file": "clusters.safetensors",  # in the run's folder: a resumed fit reads it back
+                "num_clusters": 3,
+                "learning_rate": 1e-3,
+                "warmup_steps": 2,
+                "sampler": {"num_inference_steps": 3},
+            },
+        },
         "classifier": {
             "class_path": "AttributeClassifier",
             "init_args": {"attributes": ["Male"], "model_name": "test_resnet", "image_size": 32},
@@ -282,6 +293,10 @@ def fit_config(
             "init_args": {"batch_size": 2, "calibration_samples": 6},
         },
         "invdiff": {
+            "class_path": "GenerationRequests",
+            "init_args": {"train_data": {"class_path": "CelebADataModule", "init_args": faces}},
+        },
+        "self_guidance": {
             "class_path": "GenerationRequests",
             "init_args": {"train_data": {"class_path": "CelebADataModule", "init_args": faces}},
         },
@@ -371,6 +386,7 @@ def uninterrupted(fit_config: Callable[[str], Path], tmp_path_factory: pytest.Te
         pytest.param("pretraining", marks=pytest.mark.slow),  # also killed and resumed in-process below
         "distribution_guidance",
         "invdiff",
+        "self_guidance",
         pytest.param("attribute_switching", marks=pytest.mark.slow),
         pytest.param("classifier", marks=pytest.mark.slow),
     ],

@@ -9,6 +9,7 @@ from lightning_fair.methods.invdiff import InvDiff
 from lightning_fair.methods.latent_pretraining import LatentDiffusionPretraining
 from lightning_fair.methods.plain import ConditionalSampling, PlainSampling
 from lightning_fair.methods.pretraining import DiffusionPretraining
+from lightning_fair.methods.self_guidance import SelfGuidance
 from lightning_fair.methods.vae_pretraining import VAEPretraining
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "LatentDiffusionPretraining",
     "PlainSampling",
     "Prompts",
+    "SelfGuidance",
     "VAEPretraining",
     "method_registry",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any, ClassVar
 
@@ -297,14 +298,17 @@ class DebiasingMethod(LightningModule):
         """No optimizer unless a subclass trains something."""
         return None
 
-    def _frozen_prefixes(self) -> tuple[str, ...]:
-        return tuple(f"{name}." for name in self.frozen_names)
+    def _frozen_keys(self, keys: Iterable[str]) -> set[str]:
+        """The state keys of frozen modules' own weights (an adapter trained inside one, e.g. LoRA, is not one)."""
+        prefixes = tuple(f"{name}." for name in self.frozen_names)
+        trainable = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
+        return {key for key in keys if key.startswith(prefixes) and key not in trainable}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Drops the frozen modules' weights; records the method and the backbone reference."""
-        prefixes = self._frozen_prefixes()
         state = checkpoint["state_dict"]
-        checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith(prefixes)}
+        frozen = self._frozen_keys(state)
+        checkpoint["state_dict"] = {key: value for key, value in state.items() if key not in frozen}
         checkpoint["lightning_fair"] = {"method": type(self).__name__, "backbone": self.hparams["backbone"]}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -314,11 +318,13 @@ class DebiasingMethod(LightningModule):
             writer = f"by {saved}" if saved else "by no debiasing method (it has no 'lightning_fair' record)"
             raise ValueError(f"{self._checkpoint_name()} was written {writer}, not by {type(self).__name__}")
         self._check_modules_fit(checkpoint)
-        frozen_state = {
+        own_state = {
             f"{name}.{key}": value
             for name in self.frozen_names
             for key, value in getattr(self, name).state_dict().items()
         }
+        frozen = self._frozen_keys(own_state)
+        frozen_state = {key: value for key, value in own_state.items() if key in frozen}
         checkpoint["state_dict"] = {**checkpoint["state_dict"], **frozen_state}
 
     def _checkpoint_name(self) -> str:
@@ -327,8 +333,9 @@ class DebiasingMethod(LightningModule):
 
     def _check_modules_fit(self, checkpoint: dict[str, Any]) -> None:
         """Refuses a checkpoint whose trainable modules differ from the configured ones, naming differing options."""
-        prefixes = self._frozen_prefixes()
-        configured = {key: value.shape for key, value in self.state_dict().items() if not key.startswith(prefixes)}
+        state = self.state_dict()
+        frozen = self._frozen_keys(state)
+        configured = {key: value.shape for key, value in state.items() if key not in frozen}
         stored = {key: value.shape for key, value in checkpoint["state_dict"].items()}
         if stored == configured:
             return

@@ -9,23 +9,17 @@ then weighs as much as the others.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from sklearn.metrics import normalized_mutual_info_score
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from lightning_fair.backbones import Condition, DiffusionBackbone
+from lightning_fair.data.keyed_rows import sharded_pass
 from lightning_fair.diffusion.seeding import GROUPING_STREAM, per_sample_randn, sample_generators
-from lightning_fair.utils.distributed import gather_rows
-from lightning_fair.utils.files import replace_atomically
 
 AddNoise = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -46,9 +40,9 @@ def per_sample_losses(
     """The frozen model's diffusion loss of every image of ``dataset``, against the noise it was given.
 
     Image ``i`` (its dataset ``index``) is noised with noise drawn from ``(seed, i)`` at one timestep drawn uniformly
-    from the same generator, or, with ``timesteps``, at each of them (its loss is then their mean). Batch ``b`` of the
-    dataset's order is computed by process ``b % world_size`` and the losses of every process are gathered, so every
-    process returns the same losses, each image once, however many processes share the pass.
+    from the same generator, or, with ``timesteps``, at each of them (its loss is then their mean). The pass is shared
+    among the processes by :func:`~lightning_fair.data.keyed_rows.sharded_pass`: every process returns the same
+    losses, each image once, however many processes share it.
 
     Args:
         backbone: the frozen model.
@@ -66,33 +60,25 @@ def per_sample_losses(
         Dataset indices (sorted) and their losses (float64), on the CPU.
     """
     num_train_timesteps = int(backbone.scheduler_config["num_train_timesteps"])
-    indices, losses = [], []
-    for start in range(rank * batch_size, len(dataset), world_size * batch_size):
-        items = [dataset[item] for item in range(start, min(start + batch_size, len(dataset)))]
-        images = torch.stack([item["image"] for item in items]).to(device)
-        index = torch.stack([item["index"] for item in items])
-        attributes = torch.stack([item["attributes"] for item in items])
-        x0 = backbone.encode(images)
-        condition = condition_of(attributes)
-        generators = sample_generators(seed, index, GROUPING_STREAM)
+
+    def losses(batch: dict[str, Tensor]) -> Tensor:
+        x0 = backbone.encode(batch["image"])
+        condition = condition_of(batch["attributes"])
+        generators = sample_generators(seed, batch["index"], GROUPING_STREAM)
         draws = timesteps or [None]
-        total = torch.zeros(len(items), dtype=torch.float64, device=device)
+        total = torch.zeros(len(x0), dtype=torch.float64, device=device)
         for fixed in draws:
             noise = per_sample_randn(generators, tuple(x0.shape[1:]), device)
             if fixed is None:
                 t = torch.cat([torch.randint(0, num_train_timesteps, (1,), generator=g) for g in generators])
             else:
-                t = torch.full((len(items),), fixed, dtype=torch.long)
+                t = torch.full((len(x0),), fixed, dtype=torch.long)
             t = t.to(device)
             eps = backbone.eps(add_noise(x0, noise, t), t, condition)
             total += (eps.float() - noise.float()).pow(2).flatten(1).mean(dim=1).double()
-        indices.append(index)
-        losses.append((total / len(draws)).cpu())
-    index = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long)
-    loss = torch.cat(losses) if losses else torch.empty(0, dtype=torch.float64)
-    index, loss = gather_rows(index.to(device)).cpu(), gather_rows(loss.to(device)).cpu()
-    order = torch.argsort(index)
-    return index[order], loss[order]
+        return total / len(draws)
+
+    return sharded_pass(dataset, losses, batch_size, device, rank, world_size)
 
 
 def optimise_group_weights(
@@ -145,95 +131,8 @@ def group_agreement(weights: Tensor, true_groups: np.ndarray) -> dict[str, float
     return {"nmi": float(normalized_mutual_info_score(true_groups, assigned)), "purity": float(purity)}
 
 
-def rows_fingerprint(image_paths: list[Path], root: Path) -> str:
-    """A hash of the images of a split (their paths under ``root``, in order): which data a groups file is of."""
-    names = "\n".join(str(path.relative_to(root)) if path.is_relative_to(root) else path.name for path in image_paths)
-    return hashlib.sha256(names.encode()).hexdigest()[:16]
-
-
-@dataclass
-class GroupAssignment:
-    """Soft groups of the images of a split, keyed by dataset index.
-
-    Attributes:
-        indices: dataset indices (table rows), sorted, ``(N,)``.
-        weights: group weights, ``(N, K)``, rows on the simplex.
-        losses: the frozen model's per-image loss the groups were inferred from, ``(N,)``.
-        backbone: reference of the frozen model.
-        dataset: the data's root folder.
-        split: the split.
-        fingerprint: :func:`rows_fingerprint` of the split's images.
-    """
-
-    indices: Tensor
-    weights: Tensor
-    losses: Tensor
-    backbone: str
-    dataset: str
-    split: str
-    fingerprint: str
-
-    @property
-    def num_groups(self) -> int:
-        """``K``."""
-        return self.weights.shape[1]
-
-    def save(self, path: Path) -> None:
-        """Writes a safetensors file (tensors plus the provenance as metadata), atomically."""
-        tensors = {"indices": self.indices.long(), "weights": self.weights.float(), "losses": self.losses.double()}
-        metadata = {
-            "backbone": self.backbone,
-            "dataset": self.dataset,
-            "split": self.split,
-            "fingerprint": self.fingerprint,
-        }
-        replace_atomically(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
-
-    @classmethod
-    def load(cls, path: Path) -> GroupAssignment:
-        """Reads a file :meth:`save` wrote; a file of anything else is a one-line error naming it."""
-        try:
-            with safe_open(str(path), "pt") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-            return cls(
-                tensors["indices"],
-                tensors["weights"],
-                tensors["losses"],
-                metadata["backbone"],
-                metadata["dataset"],
-                metadata["split"],
-                metadata["fingerprint"],
-            )
-        except Exception as error:  # any unreadable file gets the same one-line message
-            raise ValueError(
-                f"Option 'groups_file': '{path}' is not a groups file written by InvDiff ({type(error).__name__})"
-            ) from None
-
-    def check(self, path: Path, backbone: str, fingerprint: str, split: str, num_groups: int) -> None:
-        """Refuses groups of another backbone, split or set of images, or of another ``K``, naming the file."""
-        where = f"Option 'groups_file': '{path}' holds groups"
-        if self.backbone != backbone:
-            raise ValueError(f"{where} inferred with the backbone '{self.backbone}', not '{backbone}'")
-        if self.split != split or self.fingerprint != fingerprint:
-            raise ValueError(
-                f"{where} of another dataset or split ({self.split} split of '{self.dataset}', {len(self.indices)} "
-                f"images): its indices do not match the {split} split here; delete it to infer the groups again"
-            )
-        if self.num_groups != num_groups:
-            raise ValueError(f"{where} of K = {self.num_groups} groups, but 'num_groups' is {num_groups}")
-
-    def rows(self, indices: Tensor) -> Tensor:
-        """The weights of the images with dataset ``indices`` (each must be in the file)."""
-        position = torch.searchsorted(self.indices, indices.cpu())
-        position = position.clamp(max=len(self.indices) - 1)
-        if not torch.equal(self.indices[position], indices.cpu()):
-            missing = indices.cpu()[self.indices[position] != indices.cpu()][0]
-            raise ValueError(f"Dataset index {int(missing)} has no row in the groups file")
-        return self.weights[position]
-
-    def summary(self) -> dict[str, object]:
-        """Group sizes (sums of the weights) and mean losses, for the log."""
-        mass = self.weights.sum(dim=0)
-        mean_loss = (self.weights.double() * self.losses[:, None]).sum(dim=0) / mass.double()
-        return {"group_mass": mass.tolist(), "group_loss": mean_loss.tolist()}
+def group_summary(weights: Tensor, losses: Tensor) -> dict[str, list[float]]:
+    """Group sizes (sums of the weights) and mean losses, for the log."""
+    mass = weights.sum(dim=0)
+    mean_loss = (weights.double() * losses.double()[:, None]).sum(dim=0) / mass.double()
+    return {"group_mass": mass.tolist(), "group_loss": mean_loss.tolist()}

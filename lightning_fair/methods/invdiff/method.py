@@ -17,17 +17,17 @@ from torch import Tensor
 from lightning_fair.callbacks.run_folder import run_folder
 from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.data.dataset import AttributeImageDataset
+from lightning_fair.data.keyed_rows import KeyedRows, split_fingerprint
 from lightning_fair.data.resampling import group_ids
 from lightning_fair.diffusion import SamplerConfig, SamplingState, Step
 from lightning_fair.diffusion.guidance import combine_guidance
 from lightning_fair.diffusion.seeding import NOISE_STREAM, per_sample_randn, sample_generators, training_generators
 from lightning_fair.methods.conditions import Prompts
 from lightning_fair.methods.invdiff.grouper import (
-    GroupAssignment,
     group_agreement,
+    group_summary,
     optimise_group_weights,
     per_sample_losses,
-    rows_fingerprint,
 )
 from lightning_fair.methods.invdiff.objective import check_delta_ratio, group_invariance_loss, mix_eps
 from lightning_fair.methods.plain import ConditionalSampling
@@ -35,6 +35,7 @@ from lightning_fair.utils.files import write_text_atomically
 from lightning_fair.utils.options import check_ranges
 
 GROUPS_SPLIT = "train"
+GROUPS_KIND = "groups"
 DEFAULT_GROUPS_FILE = "groups.safetensors"
 
 
@@ -149,7 +150,7 @@ class InvDiff(ConditionalSampling):
         self.delta_ratio = delta_ratio
         self.invariance_weight = invariance_weight
         self.condition_dropout = condition_dropout
-        self.assignment: GroupAssignment | None = None
+        self.assignment: KeyedRows | None = None
         super().__init__(
             backbone=backbone, sampler=sampler, seed=seed, prompts=prompts, target_distribution=target_distribution
         )
@@ -223,16 +224,22 @@ class InvDiff(ConditionalSampling):
         """``groups_file``, or ``groups.safetensors`` in the run's log folder."""
         return Path(self.groups_file) if self.groups_file else run_folder(self.trainer) / DEFAULT_GROUPS_FILE
 
-    def load_or_infer_groups(self) -> GroupAssignment:
+    def load_or_infer_groups(self) -> KeyedRows:
         """The groups of the train split: read back (and checked) from ``groups_file``, or inferred and written."""
         data = self.training_data()
         rows = data.split_indices(GROUPS_SPLIT)
-        fingerprint = rows_fingerprint([data.table.image_paths[row] for row in rows], data.root)
+        provenance = {
+            "backbone": self.hparams["backbone"],
+            "dataset": str(data.root),
+            "split": GROUPS_SPLIT,
+            "fingerprint": split_fingerprint([data.table.image_paths[row] for row in rows], data.root),
+            "num_groups": str(self.num_groups),
+        }
         path = self.groups_path()
         if path.exists():
-            assignment = GroupAssignment.load(path)
-            assignment.check(path, self.hparams["backbone"], fingerprint, GROUPS_SPLIT, self.num_groups)
-            rank_zero_info(f"InvDiff: read {assignment.num_groups} groups of {len(assignment.indices)} images ({path})")
+            assignment = KeyedRows.load(path, "groups_file", GROUPS_KIND)
+            assignment.check(path, "groups_file", GROUPS_KIND, provenance)
+            rank_zero_info(f"InvDiff: read the groups of {len(assignment.indices)} images ({path})")
             return assignment
         dataset = AttributeImageDataset(
             [data.table.image_paths[row] for row in rows], data.table.attributes[rows], rows, data.transform(False)
@@ -260,14 +267,12 @@ class InvDiff(ConditionalSampling):
             self.hparams["grouper_min_weight"],
             self.seed,
         )
-        assignment = GroupAssignment(
-            indices, weights, losses, self.hparams["backbone"], str(data.root), GROUPS_SPLIT, fingerprint
-        )
+        assignment = KeyedRows(indices, {"weights": weights, "losses": losses}, provenance)
         true_groups, _ = self.true_groups(data, indices.numpy())
         report = {
             "images": len(indices),
             **group_agreement(weights, true_groups),
-            **assignment.summary(),
+            **group_summary(weights, losses),
             "pass_seconds": pass_seconds,
             "weights_seconds": time.perf_counter() - start,
             "processes": self.trainer.world_size,
@@ -291,7 +296,7 @@ class InvDiff(ConditionalSampling):
             return F.one_hot(torch.as_tensor(groups), count).to(self.device)
         if self.assignment is None:
             raise RuntimeError("InvDiff's groups are read at the start of fit")
-        return self.assignment.rows(batch["index"]).to(self.device)
+        return self.assignment.rows("weights", batch["index"]).to(self.device)
 
     # -------------------------------------------------------------------------------------------- training
 

@@ -281,3 +281,15 @@ def test_guidance_runs_under_inference_mode(tiny_backbone: Path, tiny_classifier
     with torch.inference_mode():
         images, _ = method.sample(3)
     torch.testing.assert_close(images, expected)
+
+
+def test_balanced_sample_guidance_draws_every_class_pair_exactly(tiny_backbone: Path, tiny_classifier: Path) -> None:
+    targets = {"Male": [0.5, 0.5], "Blond_Hair": [0.25, 0.75]}
+    sampler = {"num_inference_steps": 2, "condition_draw": "balanced"}
+    method = guidance(
+        tiny_backbone, tiny_classifier, HSpaceSampleGuidance, target_distributions=targets, sampler=sampler
+    )
+    states = [method.init_state(batch) for batch in torch.arange(512).split(96)]
+    male = torch.cat([state.conditions["Male"] for state in states])
+    blond = torch.cat([state.conditions["Blond_Hair"] for state in states])
+    assert torch.bincount(male * 2 + blond).tolist() == [64, 192, 64, 192]  # the joint of independent targets

@@ -29,6 +29,9 @@ class SamplerConfig:
             (``imagen``).
         cfg_formula: ``imagen`` (``eps_null + w (eps_cond - eps_null)``, diffusers' convention) or ``one_plus_w``
             (``(1 + w) eps_cond - w eps_null``, Ho & Salimans).
+        condition_draw: how a method draws each sample's class from a distribution: ``independent`` (each sample
+            its own draw) or ``balanced`` (samples ``0..n-1`` hold each class ``n p`` times to within one, for every
+            ``n``, any batching and any number of processes; sample ``i`` still depends only on the seed and ``i``).
     """
 
     scheduler: Literal["ddim", "ddpm"] = "ddim"
@@ -38,6 +41,7 @@ class SamplerConfig:
     timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
     cfg_scale: float | None = None
     cfg_formula: Literal["imagen", "one_plus_w"] = "imagen"
+    condition_draw: Literal["independent", "balanced"] = "independent"
 
     def __post_init__(self) -> None:
         if self.scheduler not in ("ddim", "ddpm"):
@@ -55,6 +59,10 @@ class SamplerConfig:
             raise ValueError(f"Sampler option 'cfg_scale' must be non-negative, got {self.cfg_scale}")
         if self.cfg_formula not in ("imagen", "one_plus_w"):
             raise ValueError(f"Sampler option 'cfg_formula' must be 'imagen' or 'one_plus_w', got {self.cfg_formula!r}")
+        if self.condition_draw not in ("independent", "balanced"):
+            raise ValueError(
+                f"Sampler option 'condition_draw' must be 'independent' or 'balanced', got {self.condition_draw!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -117,14 +117,17 @@ class AttributeSwitching(DebiasingMethod):
     # ------------------------------------------------------------------------------------------------ sampling
 
     def init_state(self, indices: Tensor) -> SwitchingState:
-        """Draws ``s_start`` and then, independently, ``s_final`` from each sample's own generator."""
+        """Draws ``s_start`` and then, independently, ``s_final`` (balanced with ``sampler.condition_draw``)."""
         if self.needs_fit:
             raise RuntimeError(
                 "AttributeSwitching has no tau: run `fit` to calibrate it, give a checkpoint, or set 'tau'"
             )
         generators = sample_generators(self.seed, indices, CONDITION_STREAM)
         start = per_sample_choice(generators, self.start_distribution).to(self.device)
-        final = per_sample_choice(generators, self.final_distribution).to(self.device)
+        if self.sampler.config.condition_draw == "balanced":  # the final class decides the attribute: exact shares
+            final = self.draw_classes(indices, self.final_distribution)
+        else:
+            final = per_sample_choice(generators, self.final_distribution).to(self.device)
         attribute = self.condition_attribute
         return SwitchingState(
             indices=indices,

@@ -16,7 +16,9 @@ from lightning_fair.backbones.base import HEdit
 from lightning_fair.data.base import VIEW_TOLERANCE, AttributeDataModule
 from lightning_fair.data.generated import as_stored
 from lightning_fair.diffusion import DiffusionSampler, SamplerConfig, SamplingState, Step
+from lightning_fair.diffusion.class_draws import draw_classes
 from lightning_fair.diffusion.guidance import guided_eps, is_unguided
+from lightning_fair.diffusion.seeding import CONDITION_STREAM
 from lightning_fair.methods.conditions import Prompts
 from lightning_fair.utils import distributed  # noqa: F401  (registers the DDP strategy that fits calibrations)
 from lightning_fair.utils.preemption import stop_if_terminated
@@ -175,6 +177,11 @@ class DebiasingMethod(LightningModule):
             adapter=adapter,
             null_adapter=null_adapter,
         )
+
+    def draw_classes(self, indices: Tensor, probabilities: Tensor, stream: int = CONDITION_STREAM) -> Tensor:
+        """Each sample's class from ``probabilities``, as ``sampler.condition_draw`` says, on the module's device."""
+        balanced = self.sampler.config.condition_draw == "balanced"
+        return draw_classes(self.seed, indices, probabilities, stream, balanced).to(self.device)
 
     @property
     def uses_cfg(self) -> bool:

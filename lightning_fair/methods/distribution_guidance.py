@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from abc import abstractmethod
 from typing import Any, Literal
 
@@ -451,10 +452,19 @@ class HSpaceSampleGuidance(HSpaceGuidance):
 
     def init_state(self, indices: Tensor) -> SamplingState:
         """Draws each sample's class of every guided attribute from its target distribution."""
-        generators = sample_generators(self.seed, indices, CONDITION_STREAM)
-        conditions = {
-            name: per_sample_choice(generators, target).to(self.device) for name, target in self.targets.items()
-        }
+        if self.sampler.config.condition_draw == "balanced":  # the joint classes, balanced over the product
+            names = list(self.targets)
+            joint = functools.reduce(
+                lambda a, b: torch.outer(a, b).flatten(), [self.targets[name].double() for name in names]
+            )
+            cells = self.draw_classes(indices, joint)
+            classes = torch.unravel_index(cells, tuple(len(self.targets[name]) for name in names))
+            conditions = dict(zip(names, classes, strict=True))
+        else:
+            generators = sample_generators(self.seed, indices, CONDITION_STREAM)
+            conditions = {
+                name: per_sample_choice(generators, target).to(self.device) for name, target in self.targets.items()
+            }
         return SamplingState(indices=indices, condition=self.neutral_condition(len(indices)), conditions=conditions)
 
     def guidance_losses(self, h: Tensor, t: Tensor, state: SamplingState) -> dict[str, Tensor]:

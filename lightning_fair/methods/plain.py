@@ -5,7 +5,6 @@ from __future__ import annotations
 from torch import Tensor
 
 from lightning_fair.diffusion import SamplerConfig, SamplingState, Step
-from lightning_fair.diffusion.seeding import CONDITION_STREAM, per_sample_choice, sample_generators
 from lightning_fair.methods.base import DebiasingMethod
 from lightning_fair.methods.conditions import Prompts
 from lightning_fair.metrics import validate_distribution
@@ -58,9 +57,8 @@ class ConditionalSampling(DebiasingMethod):
         )
 
     def init_state(self, indices: Tensor) -> SamplingState:
-        """Draws each sample's class from the target distribution with its own generator."""
-        labels = per_sample_choice(sample_generators(self.seed, indices, CONDITION_STREAM), self.target_distribution)
-        labels = labels.to(self.device)
+        """Draws each sample's class from the target distribution (``sampler.condition_draw``)."""
+        labels = self.draw_classes(indices, self.target_distribution)
         return SamplingState(
             indices=indices, condition=self.class_condition(labels), conditions={self.condition_attribute: labels}
         )

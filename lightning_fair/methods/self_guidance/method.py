@@ -23,10 +23,7 @@ from lightning_fair.data.dataset import AttributeImageDataset
 from lightning_fair.data.keyed_rows import KeyedRows, sharded_pass, split_fingerprint
 from lightning_fair.diffusion import SamplerConfig, SamplingState, Step
 from lightning_fair.diffusion.seeding import (
-    CONDITION_STREAM,
-    per_sample_choice,
     per_sample_randn,
-    sample_generators,
     training_generators,
 )
 from lightning_fair.methods.base import DebiasingMethod
@@ -442,13 +439,13 @@ class SelfGuidance(DebiasingMethod):
 
     def init_state(self, indices: Tensor) -> SamplingState:
         """Draws each sample's cluster; the guidance's null branch keeps the neutral condition without it."""
-        clusters = per_sample_choice(sample_generators(self.seed, indices, CONDITION_STREAM), self.draw_weights())
+        clusters = self.draw_classes(indices, self.draw_weights())
         condition = self.neutral_condition(len(indices))
         state = SamplingState(
             indices=indices,
             condition=condition,
             null_condition=condition,
-            conditions={CLUSTER_ATTRIBUTE: clusters.to(self.device)},
+            conditions={CLUSTER_ATTRIBUTE: clusters},
         )
         return state
 

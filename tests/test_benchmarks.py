@@ -10,6 +10,10 @@ from types import ModuleType
 
 import pytest
 
+import lightning_fair.report.runs
+from lightning_fair.cli import build_cli
+from lightning_fair.report.runs import fit_key
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,7 +41,7 @@ def test_fairness_benchmark_rows(
     generation_config: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fairness = load_script("fairness")
-    monkeypatch.setattr(fairness, "time", FakeClock())
+    monkeypatch.setattr(lightning_fair.report.runs, "time", FakeClock())
     for name in ("plain", "conditional"):  # each method writes its samples into a folder of its own
         (tmp_path / name).mkdir()
     plain = generation_config(tmp_path / "plain", num_samples=6, method="PlainSampling", name="plain")
@@ -112,22 +116,45 @@ def test_fairness_benchmark_fits_a_method_that_needs_it(
     )
     text = text.replace("  accelerator: cpu", "  accelerator: cpu\n  max_steps: 2\n  limit_val_batches: 1")
     guided.write_text(text)
-    rows = fairness.main(
-        [
-            "--methods=plain,guided",
-            f"--config=plain={plain}",
-            f"--config=guided={guided}",
-            "--override=guided=--model.init_args.guidance_scale=7.5",
-            "--num-samples=4",
-            "--steps=2",
-            "--accelerator=cpu",
-            f"--log-dir={tmp_path / 'logs'}",
-        ]
-    )
+    arguments = [
+        "--methods=plain,guided",
+        f"--config=plain={plain}",
+        f"--config=guided={guided}",
+        "--override=guided=--model.init_args.guidance_scale=7.5",
+        "--num-samples=4",
+        "--steps=2",
+        "--accelerator=cpu",
+        f"--log-dir={tmp_path / 'logs'}",
+    ]
+    rows = fairness.main(arguments)
     assert rows[0]["fit_seconds"] == 0.0
     assert rows[1]["fit_seconds"] > 0
     fitted = Path(rows[1]["checkpoint"])  # in the benchmark's folder, not the config's
     assert fitted.is_file()
-    assert fitted.is_relative_to((tmp_path / "logs" / "synthetic_faces" / "guided" / "checkpoints").resolve())
+    assert fitted.is_relative_to((tmp_path / "logs" / "synthetic_faces" / "guided").resolve())
+    assert fitted.parent.name.startswith("fit-")
+    assert not rows[1]["fit_reused"]
+    again = fairness.main(arguments)  # the same fit: reused, and the same numbers
+    assert again[1]["fit_reused"]
+    assert again[1]["fit_seconds"] == 0.0
+    assert again[1]["checkpoint"] == rows[1]["checkpoint"]
+    assert again[1]["fd"] == rows[1]["fd"]
+    for finished in fitted.parent.glob("fitted.*"):  # as if killed after its last checkpoint: resumed from it
+        finished.unlink()
+    resumed = fairness.main(arguments)
+    assert not resumed[1]["fit_reused"]
+    assert resumed[1]["fd"] == rows[1]["fd"]
     assert rows[1]["num_samples"] == 4
     assert "guidance_scale: 7.5" in (Path(rows[1]["log_dir"]) / "config.yaml").read_text()
+
+
+def test_the_fit_key_follows_what_a_fit_depends_on(generation_config: Callable[..., Path], tmp_path: Path) -> None:
+    config = generation_config(tmp_path, num_samples=4, method="PlainSampling", name="plain")
+
+    def key(*arguments: str) -> str:
+        return fit_key(build_cli(["-c", str(config), *arguments], run=False))
+
+    reference = key()
+    assert key("--data.init_args.num_samples=99", "--trainer.enable_progress_bar=false") == reference
+    assert key("--model.init_args.seed=1") != reference
+    assert key("--trainer.max_steps=7") != reference

@@ -119,14 +119,23 @@ def build_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
 def main(args: ArgsType = None) -> None:
     """Runs the command line; ``args`` replaces ``sys.argv[1:]`` (used by in-process tests).
 
+    ``report`` (``lightning-fair report -c report.yaml``) runs every method on one protocol and writes a report
+    (see :mod:`lightning_fair.report.command`); the other subcommands are Lightning's.
+
     An error in what the run was given (a file, an option, an attribute) ends it with one line on standard error
     and exit status 2 (with the environment variable ``LIGHTNING_FAIR_TRACEBACK=1``, with its traceback); any other
     error keeps its traceback. A run stopped by SIGTERM (after the batch in progress,
     everything written so far complete) ends with status 143, as a process killed by the signal would, so that a
     stopped run is never taken for a finished one (Lightning's ``fit`` would exit with 0).
     """
+    arguments = list(sys.argv[1:] if args is None else args)
     try:
-        build_cli(args)
+        if arguments[:1] == ["report"]:
+            from lightning_fair.report.command import run_report  # the report runs the CLI itself: import late
+
+            run_report(arguments[1:])
+        else:
+            build_cli(args)
     except SIGTERMException as stop:
         raise SystemExit(stop.code or TERMINATED_EXIT_STATUS) from None
     except Exception as error:

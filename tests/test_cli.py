@@ -15,7 +15,7 @@ from lightning_fair.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
+CONFIGS = sorted(path for path in (REPO_ROOT / "configs").rglob("*.yaml") if path.parent.name != "report")
 REAL_DATASETS = {"celeba", "waterbirds"}
 CALLBACK_FRAGMENTS = sorted((REPO_ROOT / "callbacks").glob("*.yaml"))
 

@@ -31,7 +31,7 @@ from lightning_fair.data import CelebADataModule
 from lightning_fair.methods import DiffusionPretraining
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
+CONFIGS = sorted(path for path in (REPO_ROOT / "configs").rglob("*.yaml") if path.parent.name != "report")
 METHODS = ["pretraining", "distribution_guidance", "attribute_switching", "classifier"]
 
 

@@ -34,6 +34,8 @@ class Protocol:
         batch_size: global batch size (``None``: each config's).
         repeats: generation runs per method; ``seconds`` is the fastest.
         accelerator: Lightning accelerator.
+        condition_draw: every method's ``sampler.condition_draw`` (``None``: each config's); ``balanced`` gives
+            each requested class its exact share, so FD measures the model rather than the draw.
     """
 
     num_samples: int = 512
@@ -42,6 +44,7 @@ class Protocol:
     batch_size: int | None = None
     repeats: int = 1
     accelerator: str = "auto"
+    condition_draw: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,8 @@ def run_method(run: MethodRun, protocol: Protocol, log_dir: str, group: str) -> 
     ]
     if protocol.batch_size:
         overrides.append(f"--data.init_args.batch_size={protocol.batch_size}")
+    if protocol.condition_draw:
+        overrides.append(f"--model.init_args.sampler.condition_draw={protocol.condition_draw}")
     overrides += list(run.overrides)
     with mock.patch.object(sys, "argv", sys.argv[:1]):  # the CLI must not see the caller's own arguments
         cli = build_cli(["-c", str(config), *overrides], run=False)

@@ -1,0 +1,78 @@
+"""``lightning-fair report``: every method on one protocol, one command, a folder of tables and pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from lightning_fair.methods import method_registry
+from lightning_fair.report.document import write_report
+from lightning_fair.report.runs import MethodRun, Protocol, run_method
+
+REFERENCE_METHOD = "plain"
+
+
+def report_parser() -> ArgumentParser:
+    """The options of ``lightning-fair report`` (all of them can come from a YAML file given with ``-c``)."""
+    parser = ArgumentParser(prog="lightning-fair report", description=__doc__)
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="a YAML file of these options")
+    parser.add_argument(
+        "--configs_dir", type=str, default="configs/synthetic_faces", help="folder of the methods' configs"
+    )
+    parser.add_argument(
+        "--methods",
+        type=list[str] | None,
+        default=None,
+        help="labels of the rows (default: every registered method with a config <configs_dir>/<name>.yaml)",
+    )
+    parser.add_class_arguments(Protocol, "protocol")
+    parser.add_argument("--method_configs", type=dict[str, str], default={}, help="label: config of a row")
+    parser.add_argument("--overrides", type=dict[str, list[str]], default={}, help="label: extra arguments")
+    parser.add_argument("--checkpoints", type=dict[str, str], default={}, help="label: checkpoint to test")
+    parser.add_argument("--log_dir", type=str, default="logs/report", help="where runs and cached fits go")
+    parser.add_argument("--output", type=str, default="report", help="the report's folder")
+    return parser
+
+
+def planned_runs(options: Any) -> list[MethodRun]:
+    """The rows to run, ``plain`` first; an unknown label or a missing config is a one-line error."""
+    folder = Path(options.configs_dir)
+    methods = options.methods
+    if methods is None:
+        methods = [name for name in sorted(method_registry()) if (folder / f"{name}.yaml").is_file()]
+    methods = [REFERENCE_METHOD] + [name for name in dict.fromkeys(methods) if name != REFERENCE_METHOD]
+    named = set(options.method_configs) | set(options.overrides) | set(options.checkpoints)
+    unknown = sorted(named - set(methods))
+    if unknown:
+        raise ValueError(f"Options 'method_configs'/'overrides'/'checkpoints' name rows not in 'methods': {unknown}")
+    runs = []
+    for name in methods:
+        config = Path(options.method_configs.get(name, folder / f"{name}.yaml"))
+        if not config.is_file():
+            raise ValueError(f"Option 'methods': no config for {name!r} at {config} (give one in 'method_configs')")
+        runs.append(MethodRun(name, config, tuple(options.overrides.get(name, [])), options.checkpoints.get(name)))
+    return runs
+
+
+def run_report(args: list[str]) -> list[dict[str, Any]]:
+    """Parses ``args``, runs every row (reusing cached fits), writes the report; returns the rows."""
+    parser = report_parser()
+    options = parser.parse_args(args)
+    protocol = Protocol(**vars(options.protocol))
+    runs = planned_runs(options)
+    group = Path(options.configs_dir).name
+    rows = []
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
+    with Progress(*columns, TimeElapsedColumn()) as progress:
+        task = progress.add_task("report", total=len(runs))
+        for run in runs:
+            progress.update(task, description=f"report: {run.name}")
+            rows.append(run_method(run, protocol, options.log_dir, group))
+            progress.advance(task)
+    for row in rows:
+        row["time_ratio"] = row["seconds"] / rows[0]["seconds"]
+    write_report(rows, protocol, Path(options.output))
+    return rows

@@ -54,5 +54,6 @@ def fairness_quality(rows: list[dict[str, Any]], path: Path) -> None:
         axis.annotate(row["method"], (row["fid_cls"], row["fd"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
     axis.set_xlabel("fid_cls (classifier features)")
     axis.set_ylabel("FD (L2)")
+    axis.margins(x=0.2)  # room for the labels of the outermost points
     axis.set_ylim(bottom=0)
     _save(figure, path)

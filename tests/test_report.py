@@ -51,6 +51,8 @@ def test_report_writes_rows_pictures_and_pages(
     assert "conditional" in (report / "report.md").read_text()
     line = cli_error(["report", "-c", str(settings), "--methods=[plain,unknown]"])
     assert "no config for 'unknown'" in line
+    line = cli_error(["report", "-c", str(settings), "--protocol.repeats=0"])
+    assert line == "error: Option 'protocol.repeats' must be at least 1, got 0"
 
 
 def test_report_rows_equal_the_benchmark_rows(generation_config: Callable[..., Path], tmp_path: Path) -> None:

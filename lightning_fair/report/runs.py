@@ -46,6 +46,11 @@ class Protocol:
     accelerator: str = "auto"
     condition_draw: str | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "steps", "repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Option 'protocol.{name}' must be at least 1, got {getattr(self, name)}")
+
 
 @dataclass(frozen=True)
 class MethodRun:

@@ -133,16 +133,16 @@ def test_fairness_benchmark_fits_a_method_that_needs_it(
     assert fitted.is_file()
     assert fitted.is_relative_to((tmp_path / "logs" / "synthetic_faces" / "guided").resolve())
     assert fitted.parent.name.startswith("fit-")
-    assert not rows[1]["fit_reused"]
+    assert rows[1]["fit"] == "fitted"
     again = fairness.main(arguments)  # the same fit: reused, and the same numbers
-    assert again[1]["fit_reused"]
+    assert again[1]["fit"] == "reused"
     assert again[1]["fit_seconds"] == 0.0
     assert again[1]["checkpoint"] == rows[1]["checkpoint"]
     assert again[1]["fd"] == rows[1]["fd"]
     for finished in fitted.parent.glob("fitted.*"):  # as if killed after its last checkpoint: resumed from it
         finished.unlink()
     resumed = fairness.main(arguments)
-    assert not resumed[1]["fit_reused"]
+    assert resumed[1]["fit"] == "fitted"
     assert resumed[1]["fd"] == rows[1]["fd"]
     assert rows[1]["num_samples"] == 4
     assert "guidance_scale: 7.5" in (Path(rows[1]["log_dir"]) / "config.yaml").read_text()

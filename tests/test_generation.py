@@ -17,11 +17,13 @@ from lightning.pytorch import Trainer
 from PIL import Image
 
 from lightning_fair.callbacks import FairnessEvaluator
+from lightning_fair.classifiers import load_classifier
 from lightning_fair.cli import main
 from lightning_fair.data.generated import from_pixels, write_record
 from lightning_fair.data.requests import RequestBatches
 from lightning_fair.diffusion import SamplerConfig
 from lightning_fair.methods import ConditionalSampling, PlainSampling
+from lightning_fair.metrics import FairnessSuite
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
@@ -134,14 +136,16 @@ def test_two_processes_match_one(generation_config: Callable[..., Path], tmp_pat
 
 
 def test_evaluator_compares_requested_conditions_with_predictions(tiny_classifier: Path) -> None:
-    evaluator = FairnessEvaluator(str(tiny_classifier), sensitive="Male")
+    suite = FairnessSuite(load_classifier(str(tiny_classifier)), sensitive="Male")
     torch.manual_seed(0)
     images = torch.rand(12, 3, 32, 32) * 2 - 1
-    predicted = evaluator.classifier.predict(images)[:, 0]
+    predicted = suite.classifier.predict(images)[:, 0]
     requested = torch.tensor([0, 1] * 6)
-    evaluator.update(images[:7], {"Male": requested[:7], "Male_start": torch.ones(7, dtype=torch.long)})
-    evaluator.update(images[7:], {"Male": requested[7:]})
-    results = evaluator.compute()
+    suite.update(images[:7], {"Male": requested[:7], "Male_start": torch.ones(7, dtype=torch.long)})
+    suite.update(images[7:], {"Male": requested[7:]})
+    result = suite.compute()
+    results = result.metrics()
+    assert result.conditions["Male"].agreement == results["agreement/Male"]
     match = predicted == requested
     assert results["agreement/Male"] == pytest.approx(match.float().mean().item())
     for value in (0, 1):
@@ -151,12 +155,16 @@ def test_evaluator_compares_requested_conditions_with_predictions(tiny_classifie
 
 
 def test_evaluator_reports_fd_of_extra_targets(tiny_classifier: Path) -> None:
-    evaluator = FairnessEvaluator(str(tiny_classifier), sensitive="Male", extra_targets={"Blond_Hair": [0.2, 0.8]})
+    suite = FairnessSuite(
+        load_classifier(str(tiny_classifier)), sensitive="Male", extra_targets={"Blond_Hair": [0.2, 0.8]}
+    )
     torch.manual_seed(0)
     images = torch.rand(10, 3, 32, 32) * 2 - 1
-    evaluator.update(images)
-    results = evaluator.compute()
-    blond = evaluator.classifier.predict(images)[:, 1].float().mean().item()
+    suite.update(images)
+    result = suite.compute()
+    results = result.metrics()
+    assert result.fd_by_attribute == {"Blond_Hair": results["fd/Blond_Hair"]}
+    blond = suite.classifier.predict(images)[:, 1].float().mean().item()
     assert results["fd/Blond_Hair"] == pytest.approx(((1 - blond - 0.2) ** 2 + (blond - 0.8) ** 2) ** 0.5)
     assert results["proportion/Blond_Hair=1"] == pytest.approx(blond)
     assert not any(name.startswith("agreement/") for name in results)  # no conditions were reported

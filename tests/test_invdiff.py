@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lightning_fair.backbones import load_backbone
-from lightning_fair.callbacks import FairnessEvaluator
+from lightning_fair.classifiers import load_classifier
 from lightning_fair.cli import main
 from lightning_fair.data import CelebADataModule
 from lightning_fair.data.dataset import AttributeImageDataset
@@ -25,6 +25,7 @@ from lightning_fair.diffusion import DiffusionSampler, SamplerConfig, Step
 from lightning_fair.methods import ConditionalSampling, InvDiff
 from lightning_fair.methods.invdiff import group_invariance_loss, mix_eps, optimise_group_weights
 from lightning_fair.methods.invdiff.grouper import group_agreement, per_sample_losses
+from lightning_fair.metrics import FairnessSuite
 
 # ------------------------------------------------------------------------------------------------ the objective
 
@@ -338,12 +339,12 @@ def test_oracle_groups_train_without_a_groups_file(invdiff_config: Callable, tmp
 
 
 def test_bias_score_within_each_requested_class(tiny_classifier: Path) -> None:
-    evaluator = FairnessEvaluator(classifier=str(tiny_classifier), sensitive="Male")
+    suite = FairnessSuite(load_classifier(str(tiny_classifier)), sensitive="Male")
     images = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     requested = torch.tensor([0, 1] * 6)
-    evaluator.update(images, {"Blond_Hair": requested})
-    results = evaluator.compute()
-    male = evaluator.classifier.predict_proba(images)["Male"].argmax(dim=1)
+    suite.update(images, {"Blond_Hair": requested})
+    results = suite.compute().metrics()
+    male = suite.classifier.predict_proba(images)["Male"].argmax(dim=1)
     scores = []
     for value in (0, 1):
         share = male[requested == value].float().mean().item()

@@ -440,8 +440,8 @@ def test_evaluator_applies_the_classifier_view_to_generated_images(
         evaluator.on_test_start(Trainer(logger=False), unknown)
     uncropped = ConditionalSampling(str(backbone_with_view(tiny_backbone, tmp_path / "whole", 1.0)))
     evaluator.on_test_start(Trainer(logger=False), uncropped)
-    evaluator.update(images)
-    proportions = evaluator.compute()["proportion/Male=1"]
+    evaluator.suite.update(images)
+    proportions = evaluator.suite.compute().proportions["Male"][1]
     reference = load_classifier(str(folder))
     reference.expect_inputs(0.5, "centre crops")
     with torch.no_grad():

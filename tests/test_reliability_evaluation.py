@@ -21,10 +21,11 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from lightning_fair.callbacks import FairnessEvaluator
+from lightning_fair.callbacks.fairness_evaluator import write_metrics
 from lightning_fair.classifiers import load_classifier
 from lightning_fair.cli import main
 from lightning_fair.data import CelebADataModule
-from lightning_fair.metrics import FeatureDistance
+from lightning_fair.metrics import FairnessSuite, FeatureDistance
 from lightning_fair.metrics.quality import reference_cache_key
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -168,8 +169,8 @@ def random_images(count: int, seed: int = 0) -> Tensor:
 
 
 def fid_cls(evaluator: FairnessEvaluator) -> float:
-    evaluator.update(random_images(12))
-    return evaluator.compute()["fid_cls"]
+    evaluator.suite.update(random_images(12))
+    return evaluator.suite.compute().quality.fid_cls
 
 
 @pytest.mark.parametrize("options", [{"max_samples_per_split": 10}, {"image_size": 16}])
@@ -209,16 +210,16 @@ def test_reference_cache_of_an_older_key_is_not_read(tiny_classifier: Path, face
     assert fid_cls(evaluator_with_reference(tiny_classifier, faces_root, stale)) == pytest.approx(fresh, rel=1e-9)
 
 
-def evaluator_predicting(classifier: Path, **options: Any) -> FairnessEvaluator:
-    """A ``FairnessEvaluator`` whose classifier reads the classes off the images made by ``images_of``."""
-    evaluator = FairnessEvaluator(str(classifier), sensitive="Male", target="Blond_Hair", **options)
+def suite_predicting(classifier: Path, **options: Any) -> FairnessSuite:
+    """A ``FairnessSuite`` whose classifier reads the classes off the images made by ``images_of``."""
+    labeller = load_classifier(str(classifier))
 
     def predict_proba(images: Tensor) -> dict[str, Tensor]:
         classes = images[:, :2, 0, 0].long()
         return {"Male": F.one_hot(classes[:, 0], 2).float(), "Blond_Hair": F.one_hot(classes[:, 1], 2).float()}
 
-    evaluator.classifier.predict_proba = predict_proba
-    return evaluator
+    labeller.predict_proba = predict_proba
+    return FairnessSuite(labeller, sensitive="Male", target="Blond_Hair", **options)
 
 
 def images_of(male: list[int], blond: list[int]) -> Tensor:
@@ -237,10 +238,10 @@ def strict_json(path: Path) -> dict[str, Any]:
 
 
 def test_dp_gap_of_hand_computed_predictions(tiny_classifier: Path) -> None:
-    evaluator = evaluator_predicting(tiny_classifier)
-    evaluator.update(images_of([0, 0, 1, 1], [1, 0, 1, 1]))
+    suite = suite_predicting(tiny_classifier)
+    suite.update(images_of([0, 0, 1, 1], [1, 0, 1, 1]))
     # P(Blond_Hair=1 | Male=0) = 1/2, P(Blond_Hair=1 | Male=1) = 2/2 -> gap 1/2
-    assert evaluator.compute()["dp_gap"] == pytest.approx(0.5)
+    assert suite.compute().dp_gap == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize(
@@ -250,14 +251,15 @@ def test_dp_gap_of_hand_computed_predictions(tiny_classifier: Path) -> None:
 def test_dp_gap_without_variation_of_the_target_is_null(
     tiny_classifier: Path, tmp_path: Path, blond: list[int], reason: str
 ) -> None:
-    evaluator = evaluator_predicting(tiny_classifier)
-    evaluator.update(images_of([0, 1, 0, 1], blond))
+    suite = suite_predicting(tiny_classifier)
+    suite.update(images_of([0, 1, 0, 1], blond))
     with pytest.warns(UserWarning, match=rf"dp_gap (is|are) undefined: {reason}"):
-        results = evaluator.compute()
+        result = suite.compute()
+    results = result.metrics()
     assert results["dp_gap"] is None  # was 0.0: the rates of Blond_Hair=1 were equal because all were 0 (or 1)
     assert results[f"fd_given_Blond_Hair={1 - blond[0]}"] is None  # no sample in that class
     assert results[f"fd_given_Blond_Hair={blond[0]}"] == results["fd"] == 0.0  # Male 2 of 4
-    evaluator.write(results, tmp_path, "Test")
+    write_metrics(result, tmp_path, "Test", "classifier")
     metrics = strict_json(tmp_path / "metrics.json")["metrics"]
     assert metrics["dp_gap"] is None
     assert metrics["num_samples"] == 4
@@ -265,58 +267,63 @@ def test_dp_gap_without_variation_of_the_target_is_null(
 
 
 def test_dp_gap_with_one_sensitive_class_is_null(tiny_classifier: Path, tmp_path: Path) -> None:
-    evaluator = evaluator_predicting(tiny_classifier)
-    evaluator.update(images_of([1, 1, 1], [0, 1, 1]))
+    suite = suite_predicting(tiny_classifier)
+    suite.update(images_of([1, 1, 1], [0, 1, 1]))
     with pytest.warns(UserWarning, match=r"dp_gap is undefined: every sample was predicted Male=1"):
-        results = evaluator.compute()
+        result = suite.compute()
+    results = result.metrics()
     assert results["dp_gap"] is None  # was NaN, written into metrics.json as NaN
     assert results["fd"] == pytest.approx(math.sqrt(0.5))  # p_hat [0, 1] against [1/2, 1/2]
-    evaluator.write(results, tmp_path, "Test")
+    write_metrics(result, tmp_path, "Test", "classifier")
     assert strict_json(tmp_path / "metrics.json")["metrics"]["dp_gap"] is None
 
 
 def test_infinite_kl_is_null(tiny_classifier: Path, tmp_path: Path) -> None:
-    evaluator = evaluator_predicting(tiny_classifier, target_distribution=[1.0, 0.0])
-    evaluator.update(images_of([0, 1], [0, 1]))
+    suite = suite_predicting(tiny_classifier, target_distribution=[1.0, 0.0])
+    suite.update(images_of([0, 1], [0, 1]))
     with pytest.warns(UserWarning, match=r"fd_kl is infinite: a Male class of target probability 0 was predicted"):
-        results = evaluator.compute()
+        result = suite.compute()
+    results = result.metrics()
     assert results["fd_kl"] is None
     assert results["fd_l1"] == pytest.approx(1.0)  # |1/2 - 1| + |1/2 - 0|
-    evaluator.write(results, tmp_path, "Test")  # no Infinity in the file
+    write_metrics(result, tmp_path, "Test", "classifier")  # no Infinity in the file
     assert strict_json(tmp_path / "metrics.json")["metrics"]["fd_kl"] is None
 
 
 def test_metrics_of_no_sample_are_null(tiny_classifier: Path, tmp_path: Path) -> None:
-    evaluator = evaluator_predicting(tiny_classifier)
-    evaluator.update(images_of([], []))
+    suite = suite_predicting(tiny_classifier)
+    suite.update(images_of([], []))
     with pytest.warns(
         UserWarning, match=r"^fd, fd_l1, fd_kl, bias_score, .*, dp_gap are undefined: no sample was generated"
     ):
-        results = evaluator.compute()
+        result = suite.compute()
+    results = result.metrics()
     assert results["num_samples"] == 0
     assert {name for name, value in results.items() if value is not None} == {"num_samples"}
-    evaluator.write(results, tmp_path, "Test")
+    write_metrics(result, tmp_path, "Test", "classifier")
     assert strict_json(tmp_path / "metrics.json")["metrics"]["proportion/Male=0"] is None
 
 
 def test_quality_of_one_sample_is_null(tiny_classifier: Path, faces_root: Path, tmp_path: Path) -> None:
-    evaluator = evaluator_with_reference(tiny_classifier, faces_root, tmp_path)
-    evaluator.update(random_images(1))
+    suite = evaluator_with_reference(tiny_classifier, faces_root, tmp_path).suite
+    suite.update(random_images(1))
     with pytest.warns(
         UserWarning, match=r"^fid_cls, kid_cls, kid_cls_std are undefined: it needs at least 2 generated samples, got 1"
     ):
-        results = evaluator.compute()
+        result = suite.compute()
+    results = result.metrics()
     assert results["fid_cls"] is results["kid_cls"] is results["kid_cls_std"] is None
     assert results["fd"] is not None
 
 
 def test_agreement_of_a_class_never_requested_is_null(tiny_classifier: Path) -> None:
-    evaluator = evaluator_predicting(tiny_classifier)
-    evaluator.update(images_of([1, 0, 1, 1], [0, 0, 1, 1]), {"Male": torch.ones(4, dtype=torch.long)})
+    suite = suite_predicting(tiny_classifier)
+    suite.update(images_of([1, 0, 1, 1], [0, 0, 1, 1]), {"Male": torch.ones(4, dtype=torch.long)})
     with pytest.warns(
         UserWarning, match=r"agreement/Male=0, bias_score/Male=0 are undefined: no sample was requested Male=0"
     ):
-        results = evaluator.compute()
+        result = suite.compute()
+    results = result.metrics()
     assert results["agreement/Male=0"] is None
     assert results["agreement/Male=1"] == results["agreement/Male"] == 0.75
     assert results["bias_score/Male=0"] is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,8 +48,13 @@ def test_report_writes_rows_pictures_and_pages(
     for picture in ("proportions.png", "fairness_quality.png"):
         assert (report / picture).read_bytes()[:4] == b"\x89PNG"
     page = (report / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4  # two summaries and one grid per method, inlined
-    assert "conditional" in (report / "report.md").read_text()
+    assert page.count("data:image/png;base64,") == 5  # two summaries, the side-by-side and one grid per method
+    markdown = (report / "report.md").read_text()
+    assert "| conditional |" in markdown
+    assert "trainable parameters" in markdown
+    assert "![side by side](side_by_side.png)" in markdown
+    assert [row["trainable_parameters"] for row in rows] == [0, 0]
+    assert all(row["fit"] == "none" for row in rows)
     line = cli_error(["report", "-c", str(settings), "--methods=[plain,unknown]"])
     assert "no config for 'unknown'" in line
     line = cli_error(["report", "-c", str(settings), "--protocol.repeats=0"])
@@ -92,3 +98,78 @@ def test_shipped_report_config_runs_every_method_with_a_config(monkeypatch: pyte
     assert names[0] == "plain"
     assert {"conditional", "distribution_guidance", "attribute_switching", "self_guidance"} <= set(names)
     assert options.protocol.condition_draw == "balanced"
+
+
+def write_config(path: Path, logs: Path, model: str, calibration_samples: int = 3) -> None:
+    """A sampling config with a sample grid and no evaluator (the report gives one)."""
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            seed_everything: 0
+            trainer:
+              accelerator: cpu
+              enable_model_summary: false
+              logger: {{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {{save_dir: {logs}, name: x}}}}
+              callbacks: [{{class_path: SampleGrid, init_args: {{num_images: 2, nrow: 2}}}}]
+            data:
+              class_path: GenerationRequests
+              init_args: {{num_samples: 4, batch_size: 4, calibration_samples: {calibration_samples}}}
+            model: {model}
+            """
+        )
+    )
+
+
+def test_report_shares_one_evaluator_and_backbone(tmp_path: Path, tiny_backbone: Path, tiny_classifier: Path) -> None:
+    """The report's evaluator stands in for each config's, its target over the method's; its backbone too."""
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for name, method in (("plain", "PlainSampling"), ("conditional", "ConditionalSampling")):
+        model = f"{{class_path: {method}, init_args: {{backbone: {tmp_path / 'missing'}}}}}"
+        write_config(configs / f"{name}.yaml", tmp_path, model)
+    settings = tmp_path / "report.yaml"
+    settings.write_text(
+        f"configs_dir: {configs}\nprotocol: {{num_samples: 4, steps: 2, seed: 0, accelerator: cpu}}\n"
+        f"backbone: {tiny_backbone}\ncomparison_samples: 2\n"
+        f"evaluator:\n  class_path: FairnessEvaluator\n  init_args:\n    classifier: {tiny_classifier}\n"
+        f"    sensitive: Male\n    target_distribution: [0.25, 0.75]\n"
+        f"log_dir: {tmp_path / 'logs'}\noutput: {tmp_path / 'report'}\n"
+    )
+    with pytest.warns(UserWarning, match=r"against target_distribution \[0.25, 0.75\]; ConditionalSampling aims for"):
+        rows = run_report(["-c", str(settings)])
+    assert [row["target_distribution"] for row in rows] == [[0.25, 0.75]] * 2
+    assert all(row["fid_cls"] is None for row in rows)  # the shared evaluator has no reference
+    assert f'"classifier": "{tiny_classifier}"' in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_report_tests_a_given_fit_folder_with_its_diagnostics(
+    tmp_path: Path, tiny_backbone: Path, tiny_classifier: Path
+) -> None:
+    """A fit the report made is a folder (checkpoint and diagnostics) that a later report can be given."""
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    write_config(
+        configs / "plain.yaml", tmp_path, f"{{class_path: PlainSampling, init_args: {{backbone: {tiny_backbone}}}}}"
+    )
+    switching = f"{{class_path: AttributeSwitching, init_args: {{backbone: {tiny_backbone}, search_steps: 4}}}}"
+    write_config(configs / "attribute_switching.yaml", tmp_path, switching)
+    common = [
+        f"--configs_dir={configs}",
+        "--protocol.num_samples=4",
+        "--protocol.steps=2",
+        "--protocol.accelerator=cpu",
+        "--evaluator=FairnessEvaluator",
+        f"--evaluator.classifier={tiny_classifier}",
+        "--evaluator.sensitive=Male",
+        f"--log_dir={tmp_path / 'logs'}",
+    ]
+    fitted = run_report([*common, f"--output={tmp_path / 'first'}"])
+    assert fitted[1]["fit"] == "fitted"
+    folder = Path(fitted[1]["fit_folder"])
+    assert {"fitted.ckpt", "fitted.json", "tau_curve.png", "tau_curve.csv"} <= {path.name for path in folder.iterdir()}
+    given = run_report([*common, f"--output={tmp_path / 'second'}", f"--checkpoints={{attribute_switching: {folder}}}"])
+    assert given[1]["fit"] == "given"
+    assert given[1]["fd"] == fitted[1]["fd"]
+    assert (tmp_path / "second" / "attribute_switching_tau_curve.png").is_file()
+    page = (tmp_path / "second" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 + 1 + 2 + 1  # summaries, side-by-side, grids, tau curve

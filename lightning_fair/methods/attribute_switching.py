@@ -114,6 +114,10 @@ class AttributeSwitching(DebiasingMethod):
         """Whether ``tau`` still has to be calibrated."""
         return int(self.tau) < 0
 
+    def evaluation_targets(self) -> dict[str, list[float]]:
+        """``final_distribution`` of the conditioning attribute (the final class decides it)."""
+        return {self.condition_attribute: self.final_distribution.tolist()}
+
     # ------------------------------------------------------------------------------------------------ sampling
 
     def init_state(self, indices: Tensor) -> SwitchingState:
@@ -203,6 +207,11 @@ class AttributeSwitching(DebiasingMethod):
         folder = run_folder(self.trainer)
         if self.trainer.is_global_zero:
             write_curve(folder, timesteps.tolist(), curve.tolist(), int(self.tau))
+
+    def fit_diagnostics(self) -> list[Path]:
+        """The D(tau) curve, ``tau_curve.png`` and ``tau_curve.csv``."""
+        folder = run_folder(self.trainer)
+        return [folder / f"{CURVE_FILE}.png", folder / f"{CURVE_FILE}.csv"]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restores the checkpoint; one written during the tau search resumes by running the search again.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Iterable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -95,6 +96,20 @@ class DebiasingMethod(LightningModule):
 
     def configure_modules(self) -> None:
         """Builds the method's trainable modules (none by default)."""
+
+    def fit_diagnostics(self) -> list[Path]:
+        """Files ``fit`` wrote that show how it went (curves, accuracies, cluster reports); none by default.
+
+        Reports copy them next to a cached fit, so a fit reused later still shows them.
+        """
+        return []
+
+    def evaluation_targets(self) -> dict[str, list[float]]:
+        """The distribution this method aims for, per attribute it names (what an evaluator measures it against).
+
+        Empty by default: the evaluator then uses its own options, or the uniform distribution.
+        """
+        return {}
 
     # --------------------------------------------------------------------------------------------- conditions
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from abc import abstractmethod
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -147,6 +148,10 @@ class HSpaceGuidance(DebiasingMethod):
             else:
                 self.classifier.expect_inputs(data.center_crop_fraction, f"the training images of '{data.root}'")
 
+    def evaluation_targets(self) -> dict[str, list[float]]:
+        """``target_distributions``: every guided attribute."""
+        return {name: list(target) for name, target in self.hparams["target_distributions"].items()}
+
     def _check_numbers(self) -> None:
         """Refuses numeric options outside their range (a negative scale would push away from the target)."""
         options = self.hparams
@@ -276,6 +281,10 @@ class HSpaceGuidance(DebiasingMethod):
             self.val_accuracy[name].reset()
             self.accuracy_table[name] = per_step.tolist()
             self.log(f"val/acc_{name}", per_step.nanmean(), sync_dist=False)
+
+    def fit_diagnostics(self) -> list[Path]:
+        """``adp_accuracy.csv``: each ADP's validation accuracy per timestep."""
+        return [run_folder(self.trainer) / ACCURACY_FILE]
 
     def on_fit_end(self) -> None:
         """Writes the last per-timestep validation accuracy to ``adp_accuracy.csv`` in the log folder."""

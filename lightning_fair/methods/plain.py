@@ -56,6 +56,10 @@ class ConditionalSampling(DebiasingMethod):
             target_distribution, self.num_condition_classes, "target_distribution"
         )
 
+    def evaluation_targets(self) -> dict[str, list[float]]:
+        """``target_distribution`` of the conditioning attribute."""
+        return {self.condition_attribute: self.target_distribution.tolist()}
+
     def init_state(self, indices: Tensor) -> SamplingState:
         """Draws each sample's class from the target distribution (``sampler.condition_draw``)."""
         labels = self.draw_classes(indices, self.target_distribution)

@@ -9,13 +9,18 @@ from lightning_fair.metrics.fairness import (
     PairwiseBiasScore,
 )
 from lightning_fair.metrics.feature_distance import FeatureDistance
+from lightning_fair.metrics.suite import ConditionResult, FairnessResult, FairnessSuite, QualityResult
 
 __all__ = [
     "AttributeProportions",
+    "ConditionResult",
     "DemographicParityGap",
     "FairnessDiscrepancy",
+    "FairnessResult",
+    "FairnessSuite",
     "FeatureDistance",
     "GroupedAccuracy",
     "PairwiseBiasScore",
+    "QualityResult",
     "validate_distribution",
 ]

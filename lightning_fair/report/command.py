@@ -8,6 +8,7 @@ from typing import Any
 from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from lightning_fair.callbacks import FairnessEvaluator
 from lightning_fair.methods import method_registry
 from lightning_fair.report.document import write_report
 from lightning_fair.report.runs import MethodRun, Protocol, run_method
@@ -31,7 +32,22 @@ def report_parser() -> ArgumentParser:
     parser.add_class_arguments(Protocol, "protocol")
     parser.add_argument("--method_configs", type=dict[str, str], default={}, help="label: config of a row")
     parser.add_argument("--overrides", type=dict[str, list[str]], default={}, help="label: extra arguments")
-    parser.add_argument("--checkpoints", type=dict[str, str], default={}, help="label: checkpoint to test")
+    parser.add_argument(
+        "--checkpoints", type=dict[str, str], default={}, help="label: checkpoint or fit folder to test"
+    )
+    parser.add_argument(
+        "--backbone", type=str | None, default=None, help="every method's backbone (default: each config's)"
+    )
+    parser.add_argument(
+        "--evaluator",
+        type=FairnessEvaluator | None,
+        default=None,
+        help="the evaluator of every method: classifier, sensitive and target attributes, target distribution, "
+        "reference data (default: each config's own)",
+    )
+    parser.add_argument(
+        "--comparison_samples", type=int, default=8, help="samples per method in the side-by-side picture (0: none)"
+    )
     parser.add_argument("--log_dir", type=str, default="logs/report", help="where runs and cached fits go")
     parser.add_argument("--output", type=str, default="report", help="the report's folder")
     return parser
@@ -57,22 +73,47 @@ def planned_runs(options: Any) -> list[MethodRun]:
     return runs
 
 
+def describe_setting(options: Any, evaluator: FairnessEvaluator | None) -> dict[str, Any]:
+    """What the comparison ran on, for the report: the shared backbone and evaluator, or each config's."""
+    setting: dict[str, Any] = {"configs_dir": options.configs_dir, "backbone": options.backbone or "each config's"}
+    if evaluator is None:
+        return {**setting, "evaluator": "each config's"}
+    reference = evaluator.reference
+    return {
+        **setting,
+        "classifier": evaluator.classifier_reference,
+        "sensitive": evaluator.sensitive,
+        "target": evaluator.target,
+        "target_distribution": evaluator.target_distribution or "each method's, else uniform",
+        "reference": None if reference is None else f"{reference.root} ({evaluator.reference_split} split)",
+    }
+
+
 def run_report(args: list[str]) -> list[dict[str, Any]]:
     """Parses ``args``, runs every row (reusing cached fits), writes the report; returns the rows."""
     parser = report_parser()
     options = parser.parse_args(args)
     protocol = Protocol(**vars(options.protocol))
+    if options.comparison_samples < 0:
+        raise ValueError(f"Option 'comparison_samples' must be at least 0, got {options.comparison_samples}")
     runs = planned_runs(options)
+    evaluator = parser.instantiate_classes(options).evaluator
     group = Path(options.configs_dir).name
     rows = []
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
     with Progress(*columns, TimeElapsedColumn()) as progress:
         task = progress.add_task("report", total=len(runs))
         for run in runs:
-            progress.update(task, description=f"report: {run.name}")
-            rows.append(run_method(run, protocol, options.log_dir, group))
+
+            def announce(stage: str, name: str = run.name) -> None:
+                progress.update(task, description=f"report: {name} ({stage})")
+
+            row = run_method(
+                run, protocol, options.log_dir, group, options.comparison_samples, evaluator, options.backbone, announce
+            )
+            rows.append(row)
             progress.advance(task)
     for row in rows:
         row["time_ratio"] = row["seconds"] / rows[0]["seconds"]
-    write_report(rows, protocol, Path(options.output))
+    write_report(rows, protocol, Path(options.output), describe_setting(options, evaluator))
     return rows

@@ -11,13 +11,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lightning_fair.report.pictures import fairness_quality, proportion_bars
+from lightning_fair.report.pictures import fairness_quality, proportion_bars, side_by_side, timestep_curves
 from lightning_fair.report.runs import Protocol
-from lightning_fair.report.tables import markdown_table
+from lightning_fair.report.tables import cost_table, fairness_table
 from lightning_fair.utils.files import write_text_atomically
 
 PACKAGES = ("lightning-fair", "torch", "lightning", "diffusers", "torchmetrics")
-DIAGNOSTICS = ("tau_curve.png", "adp_accuracy.csv", "clusters_k*.json", "groups_k*.json")
+SIDE_BY_SIDE = "side_by_side.png"
+JSON_PREVIEW_CHARACTERS = 4000
 
 
 def versions() -> dict[str, str]:
@@ -31,48 +32,71 @@ def versions() -> dict[str, str]:
     return found
 
 
-def collect_pictures(rows: list[dict[str, Any]], folder: Path) -> dict[str, list[Path]]:
-    """Copies each method's sample grid and diagnostics from its run folder into ``folder``; returns them by method."""
-    pictures: dict[str, list[Path]] = {}
+def collect_files(rows: list[dict[str, Any]], folder: Path) -> dict[str, list[Path]]:
+    """Copies each method's sample grid and its fit's diagnostics into ``folder`` (per-timestep tables also drawn).
+
+    Returns:
+        The copied files by method: pictures (``.png``) and reports (``.json``, ``.csv``).
+    """
+    files: dict[str, list[Path]] = {}
     for row in rows:
-        run = Path(row["log_dir"])
-        found = sorted(run.glob("samples_*.png"))
-        for pattern in DIAGNOSTICS:
-            found += sorted(run.glob(pattern)) + sorted(run.parent.glob(pattern))
+        found = sorted(Path(row["log_dir"]).glob("samples_*.png"))
+        if row.get("fit_folder"):
+            fit = Path(row["fit_folder"])
+            found += sorted(path for path in fit.iterdir() if path.suffix in (".png", ".json", ".csv"))
         copied = []
         for source in found:
+            if source.name == "fitted.json":
+                continue
             target = folder / f"{row['method']}_{source.name}"
             shutil.copyfile(source, target)
             copied.append(target)
-        pictures[row["method"]] = copied
-    return pictures
+            drawn = target.with_suffix(".png")
+            if source.suffix == ".csv" and not (source.with_suffix(".png")).exists() and _per_timestep(source):
+                timestep_curves(target, drawn)
+                copied.append(drawn)
+        files[row["method"]] = copied
+    return files
 
 
-def write_report(rows: list[dict[str, Any]], protocol: Protocol, folder: Path) -> None:
-    """Writes ``results.json``, the two summary pictures, ``report.md`` and ``report.html`` into ``folder``."""
+def _per_timestep(table: Path) -> bool:
+    with table.open() as file:
+        return "timestep" in file.readline().strip().split(",")
+
+
+def write_report(rows: list[dict[str, Any]], protocol: Protocol, folder: Path, setting: dict[str, Any]) -> None:
+    """Writes ``results.json``, the summary pictures, ``report.md`` and ``report.html`` into ``folder``.
+
+    Args:
+        rows: one per method (``run_method``'s).
+        protocol: what the methods shared.
+        folder: where the report goes.
+        setting: what the comparison ran on (backbone, classifier, reference, attributes), shown with the protocol.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomically(folder / "results.json", json.dumps(rows, indent=2) + "\n")
     proportion_bars(rows, folder / "proportions.png")
     fairness_quality(rows, folder / "fairness_quality.png")
-    per_method = collect_pictures(rows, folder)
-    table = markdown_table(rows)
-    settings = {"protocol": vars(protocol), "versions": versions()}
-    lines = [
-        "# Debiasing report",
-        "",
-        table,
-        "",
-        "![predicted proportions](proportions.png) ![fairness against quality](fairness_quality.png)",
-        "",
-    ]
+    summaries = [folder / "proportions.png", folder / "fairness_quality.png"]
+    strips = {row["method"]: Path(row["comparison"]) for row in rows if row.get("comparison")}
+    if strips:
+        side_by_side(strips, folder / SIDE_BY_SIDE)
+    per_method = collect_files(rows, folder)
+    tables = [fairness_table(rows), cost_table(rows)]
+    settings = {"setting": setting, "protocol": vars(protocol), "versions": versions()}
+    lines = ["# Debiasing report", "", tables[0], "", tables[1], ""]
+    lines += [" ".join(f"![{path.stem}]({path.name})" for path in summaries), ""]
+    if strips:
+        lines += ["## The same initial noise, method by method", "", f"![side by side]({SIDE_BY_SIDE})", ""]
     for method, files in per_method.items():
         lines += [f"## {method}", ""] + [
             f"![{file.name}]({file.name})" if file.suffix == ".png" else f"[{file.name}]({file.name})" for file in files
         ]
         lines.append("")
-    lines += ["## Protocol and versions", "", "```json", json.dumps(settings, indent=2), "```", ""]
+    lines += ["## Setting, protocol and versions", "", "```json", json.dumps(settings, indent=2), "```", ""]
     write_text_atomically(folder / "report.md", "\n".join(lines))
-    write_text_atomically(folder / "report.html", _html(table, folder, per_method, settings))
+    page = _html(tables, summaries, folder / SIDE_BY_SIDE if strips else None, per_method, settings)
+    write_text_atomically(folder / "report.html", page)
 
 
 def _image(path: Path) -> str:
@@ -80,23 +104,50 @@ def _image(path: Path) -> str:
     return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
 
 
-def _html(table: str, folder: Path, per_method: dict[str, list[Path]], settings: dict[str, Any]) -> str:
-    """One page with every picture inlined, readable offline."""
-    rows = [line.strip("|").split("|") for line in table.splitlines() if not line.startswith("|---")]
+def _html_table(table: str) -> str:
+    rows = [line.strip("|").split(" | ") for line in table.splitlines() if not line.startswith("| ---")]
     head = "".join(f"<th>{html.escape(cell.strip())}</th>" for cell in rows[0])
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(cell.strip())}</td>" for cell in row) + "</tr>" for row in rows[1:]
     )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _report_preview(path: Path) -> str:
+    text = path.read_text()
+    if len(text) > JSON_PREVIEW_CHARACTERS:
+        text = text[:JSON_PREVIEW_CHARACTERS] + "\n..."
+    return f"<details><summary>{html.escape(path.name)}</summary><pre>{html.escape(text)}</pre></details>"
+
+
+def _html(
+    tables: list[str],
+    summaries: list[Path],
+    strips: Path | None,
+    per_method: dict[str, list[Path]],
+    settings: dict[str, Any],
+) -> str:
+    """One page with every picture inlined, readable offline."""
     sections = []
     for method, files in per_method.items():
-        images = "".join(_image(file) for file in files if file.suffix == ".png")
-        sections.append(f"<h2>{html.escape(method)}</h2>{images}")
+        pictures = "".join(_image(file) for file in files if file.suffix == ".png")
+        reports = "".join(_report_preview(file) for file in files if file.suffix == ".json")
+        sections.append(f"<h2>{html.escape(method)}</h2><div>{pictures}</div>{reports}")
+    comparison = (
+        f"<h2>The same initial noise, method by method</h2><div class='wide'>{_image(strips)}</div>" if strips else ""
+    )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Debiasing report</title><style>"
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-        "padding:4px 8px;text-align:right}img{max-width:48%;margin:4px}</style></head><body>"
-        f"<h1>Debiasing report</h1><table><tr>{head}</tr>{body}</table>"
-        f"{_image(folder / 'proportions.png')}{_image(folder / 'fairness_quality.png')}"
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+        "img{max-width:48%;margin:4px;vertical-align:top}.wide img{max-width:100%}</style></head><body>"
+        "<h1>Debiasing report</h1>"
+        + "".join(_html_table(table) for table in tables)
+        + "<div>"
+        + "".join(_image(path) for path in summaries)
+        + "</div>"
+        + comparison
         + "".join(sections)
-        + f"<h2>Protocol and versions</h2><pre>{html.escape(json.dumps(settings, indent=2))}</pre></body></html>\n"
+        + f"<h2>Setting, protocol and versions</h2><pre>{html.escape(json.dumps(settings, indent=2))}</pre>"
+        + "</body></html>\n"
     )

@@ -1,7 +1,8 @@
-"""The report's pictures: predicted proportions against the target, and fairness against quality, per method."""
+"""The report's pictures: proportions against the target, fairness against quality, samples side by side, curves."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -56,4 +57,39 @@ def fairness_quality(rows: list[dict[str, Any]], path: Path) -> None:
     axis.set_ylabel("FD (L2)")
     axis.margins(x=0.2)  # room for the labels of the outermost points
     axis.set_ylim(bottom=0)
+    _save(figure, path)
+
+
+def side_by_side(strips: dict[str, Path], path: Path) -> None:
+    """One row of samples per method, the rows stacked: sample ``i`` of every row starts from the same noise."""
+    pyplot = _pyplot()
+    images = {method: pyplot.imread(strip) for method, strip in strips.items()}
+    width = max(image.shape[1] for image in images.values())
+    height = sum(image.shape[0] for image in images.values())
+    scale = min(10.0 / width, 0.02)  # inches per pixel: at most 10 inches wide
+    figure, axes = pyplot.subplots(
+        len(images), 1, figsize=(width * scale + 1.8, height * scale + 0.25 * len(images)), squeeze=False
+    )
+    for axis, (method, image) in zip(axes[:, 0], images.items(), strict=True):
+        axis.imshow(image, interpolation="nearest")
+        axis.set_xticks([])
+        axis.set_yticks([])
+        axis.set_ylabel(method, rotation=0, ha="right", va="center", fontsize=9)
+    _save(figure, path)
+
+
+def timestep_curves(table: Path, path: Path) -> None:
+    """Every column of a per-timestep CSV (e.g. ``adp_accuracy.csv``) against its ``timestep`` column."""
+    pyplot = _pyplot()
+    with table.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    columns = [name for name in rows[0] if name not in ("timestep", "step_index")]
+    figure, axis = pyplot.subplots(figsize=(4.8, 3.2))
+    timesteps = [float(row["timestep"]) for row in rows]
+    for name in columns:
+        axis.plot(timesteps, [float(row[name]) if row[name] else float("nan") for row in rows], label=name)
+    axis.set_xlabel("timestep")
+    axis.set_ylabel(table.stem.replace("_", " "))
+    axis.invert_xaxis()  # sampling order: from noise to image
+    axis.legend(fontsize=8)
     _save(figure, path)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 
-from lightning_fair.callbacks import FairnessEvaluator
+from lightning_fair.callbacks import FairnessEvaluator, SampleGrid
 from lightning_fair.cli import build_cli
+from lightning_fair.models import resolve_model_path
 from lightning_fair.utils.files import write_text_atomically
 
 
@@ -93,14 +95,36 @@ class SamplingClock:
             torch.cuda.synchronize(device)
 
 
-def run_method(run: MethodRun, protocol: Protocol, log_dir: str, group: str) -> dict[str, Any]:
+def run_method(
+    run: MethodRun,
+    protocol: Protocol,
+    log_dir: str,
+    group: str,
+    comparison_samples: int = 0,
+    evaluator: FairnessEvaluator | None = None,
+    backbone: str | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Fits ``run`` if it needs it and has no checkpoint, generates and evaluates under ``protocol``; returns its row.
 
     Its logs go to ``<log_dir>/<group>/<name>``, a fit to ``<log_dir>/<group>/<name>/fit-<key>`` (never over the
     checkpoints of the config's own users), ``key`` a hash of everything in the config that a fit depends on: a later
-    run with the same key reuses the finished fit, or resumes an interrupted one from its ``last.ckpt``.
+    run with the same key reuses the finished fit, or resumes an interrupted one from its ``last.ckpt``. A fit folder
+    holds ``fitted.ckpt`` and the fit's diagnostics (:meth:`DebiasingMethod.fit_diagnostics`); ``run.checkpoint``
+    may name one (a folder, or a shipped one by name) as well as a checkpoint file.
+
+    Args:
+        run: the method, its config and overrides.
+        protocol: what every method shares.
+        log_dir: the folder of the runs and cached fits.
+        group: the sub-folder of this comparison (e.g. the dataset).
+        comparison_samples: with ``n > 0``, samples ``0..n-1`` are also written as one row,
+            ``comparison_<Method>.png`` in the run folder (the same initial noise for every method).
+        evaluator: the evaluator of every method, in place of the config's own (``None``: the config's).
+        backbone: every method's backbone, in place of the config's (``None``: the config's).
+        announce: told each stage as it starts (``fitting``, ``generating``).
     """
-    method, config, checkpoint = run.name, run.config, run.checkpoint
+    method, config = run.name, run.config
     overrides = [
         f"--seed_everything={protocol.seed}",
         f"--model.init_args.seed={protocol.seed}",
@@ -114,6 +138,8 @@ def run_method(run: MethodRun, protocol: Protocol, log_dir: str, group: str) -> 
     ]
     if protocol.batch_size:
         overrides.append(f"--data.init_args.batch_size={protocol.batch_size}")
+    if backbone is not None:
+        overrides.append(f"--model.init_args.backbone={backbone}")
     if protocol.condition_draw:
         overrides.append(f"--model.init_args.sampler.condition_draw={protocol.condition_draw}")
     overrides += list(run.overrides)
@@ -121,53 +147,78 @@ def run_method(run: MethodRun, protocol: Protocol, log_dir: str, group: str) -> 
         cli = build_cli(["-c", str(config), *overrides], run=False)
     trainer, model = cli.trainer, cli.model
     evaluators = [callback for callback in trainer.callbacks if isinstance(callback, FairnessEvaluator)]
+    if evaluator is not None:
+        trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, FairnessEvaluator)] + [evaluator]
+        evaluators = [evaluator]
     if not evaluators:
         raise ValueError(f"{config} has no FairnessEvaluator callback: nothing to report for {method!r}")
-    fit_seconds, fit_reused = 0.0, False
-    if checkpoint is None and getattr(model, "needs_fit", False):
-        folder = Path(log_dir, group, method, f"fit-{fit_key(cli)}").resolve()
+    if comparison_samples:
+        trainer.callbacks.append(SampleGrid(comparison_samples, comparison_samples, "comparison_{method}.png"))
+    fit_seconds, fit, fit_folder = 0.0, "none", None
+    if run.checkpoint is not None:
+        checkpoint, fit_folder = given_fit(run.checkpoint)
+        fit = "given"
+    elif getattr(model, "needs_fit", False):
+        fit_folder = Path(log_dir, group, method, f"fit-{fit_key(cli)}").resolve()
         for callback in trainer.checkpoint_callbacks:
-            callback.dirpath = str(folder / "checkpoints")
-        checkpoint, fit_seconds, fit_reused = fit_once(trainer, model, cli.datamodule, folder)
+            callback.dirpath = str(fit_folder / "checkpoints")
+        if announce is not None:
+            announce("fitting")
+        checkpoint, fit_seconds, reused = fit_once(trainer, model, cli.datamodule, fit_folder)
+        fit = "reused" if reused else "fitted"
+    else:
+        checkpoint = None
+    comparison = str(Path(trainer.log_dir, f"comparison_{type(model).__name__}.png")) if comparison_samples else None
+    if announce is not None:
+        announce("generating")
     clock = SamplingClock(model)
     run_seconds = []
     for _ in range(protocol.repeats):  # every repeat generates the same images (per-sample seeds)
         clock.seconds = 0.0
         trainer.test(model, cli.datamodule, ckpt_path=checkpoint, verbose=False)
         run_seconds.append(clock.seconds)
-    results, evaluator = evaluators[0].results, evaluators[0]
-    prefix = f"proportion/{evaluator.sensitive}="
+    result = evaluators[0].result
+    condition = result.conditions.get(result.sensitive)
     return {
         "method": method,
         "config": str(config),
         "checkpoint": checkpoint,
-        "num_samples": int(results["num_samples"]),
+        "num_samples": result.num_samples,
         "steps": protocol.steps,
         "seed": protocol.seed,
-        "fd": results["fd"],
-        "fd_l1": results["fd_l1"],
-        "fd_kl": results["fd_kl"],
-        "sensitive": evaluator.sensitive,
-        "target_distribution": evaluator.target_distribution,
-        "proportions": [value for name, value in results.items() if name.startswith(prefix)],
-        "fd_by_attribute": {
-            evaluator.sensitive: results["fd"],
-            **{name: results[f"fd/{name}"] for name in evaluator.extra_targets},
+        "fd": result.fd,
+        "fd_l1": result.fd_l1,
+        "fd_kl": result.fd_kl,
+        "sensitive": result.sensitive,
+        "target_distribution": result.target_distribution,
+        "proportions": result.sensitive_proportions,
+        "fd_by_attribute": {result.sensitive: result.fd, **result.fd_by_attribute},
+        "bias_score": result.bias_score,
+        "bias_score_by_condition": {
+            attribute: {
+                "mean": scores.bias_score,
+                "per_class": {str(k): score for k, score in enumerate(scores.bias_score_by_class)},
+            }
+            for attribute, scores in result.conditions.items()
         },
-        "bias_score": finite_or_none(results["bias_score"]),
-        "bias_score_by_condition": bias_by_condition(results),
-        "dp_gap": finite_or_none(results.get("dp_gap")),
-        "fid_cls": finite_or_none(results.get("fid_cls")),
-        "kid_cls": finite_or_none(results.get("kid_cls")),
-        "confident": results[f"confident/{evaluator.sensitive}"],
-        "agreement": results.get(f"agreement/{evaluator.sensitive}"),
+        "dp_gap": result.dp_gap,
+        "fid_cls": None if result.quality is None else result.quality.fid_cls,
+        "kid_cls": None if result.quality is None else result.quality.kid_cls,
+        "confident": result.confident,
+        "agreement": None if condition is None else condition.agreement,
         "seconds": min(run_seconds),
         "run_seconds": run_seconds,
+        "fit": fit,
         "fit_seconds": fit_seconds,
-        "fit_reused": fit_reused,
+        "fit_folder": None if fit_folder is None else str(fit_folder),
         "log_dir": str(trainer.log_dir),
+        "comparison": comparison,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
 
+
+FITTED_CHECKPOINT = "fitted.ckpt"
+FIT_RECIPE = "a fit folder is what `lightning-fair report` leaves under <log_dir>/<group>/<method>/fit-<key>"
 
 FIT_INDEPENDENT = (
     ("config",),
@@ -198,10 +249,12 @@ def fit_key(cli: LightningCLI) -> str:
 def fit_once(trainer: Trainer, model: LightningModule, data: Any, folder: Path) -> tuple[str, float, bool]:
     """The checkpoint of the fit in ``folder``: read back when finished, else fitted (resumed from ``last.ckpt``).
 
+    A new fit leaves ``fitted.ckpt``, ``fitted.json`` and a copy of the method's diagnostics in ``folder``.
+
     Returns:
         The final checkpoint, the seconds this call spent fitting, and whether a finished fit was reused.
     """
-    final, record = folder / "fitted.ckpt", folder / "fitted.json"
+    final, record = folder / FITTED_CHECKPOINT, folder / "fitted.json"
     if record.is_file() and final.is_file():
         return str(final), 0.0, True
     last = folder / "checkpoints" / "last.ckpt"
@@ -210,25 +263,22 @@ def fit_once(trainer: Trainer, model: LightningModule, data: Any, folder: Path) 
     seconds = time.perf_counter() - start
     trainer.save_checkpoint(final)  # the end of the fit, whatever the checkpoint interval
     if trainer.is_global_zero:
+        for diagnostic in model.fit_diagnostics():
+            if diagnostic.is_file():
+                shutil.copyfile(diagnostic, folder / diagnostic.name)
         write_text_atomically(record, json.dumps({"checkpoint": str(final), "fit_seconds": seconds}, indent=2) + "\n")
     return str(final), seconds, False
 
 
-def bias_by_condition(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """InvDiff's bias score within each requested class, for every attribute a method conditions on."""
-    scores: dict[str, dict[str, Any]] = {}
-    for name, value in results.items():
-        if name.startswith("bias_score_by/"):
-            attribute = name.removeprefix("bias_score_by/")
-            per_class = {
-                key.removeprefix(f"bias_score/{attribute}="): finite_or_none(score)
-                for key, score in results.items()
-                if key.startswith(f"bias_score/{attribute}=")
-            }
-            scores[attribute] = {"mean": finite_or_none(value), "per_class": per_class}
-    return scores
+def given_fit(reference: str) -> tuple[str, Path | None]:
+    """The checkpoint of a given fit: a checkpoint file, or a fit folder (its ``fitted.ckpt``), local or shipped.
 
-
-def finite_or_none(value: float | None) -> float | None:
-    """``value``, or ``None`` where it is missing or not a number (undefined metrics are ``null`` in JSON)."""
-    return None if value is None or not math.isfinite(value) else value
+    Returns:
+        The checkpoint file, and the folder of its diagnostics (``None`` for a bare checkpoint file).
+    """
+    path = resolve_model_path(reference, "fitted method checkpoint", FIT_RECIPE)
+    if path.is_file():
+        return str(path), None
+    if not (path / FITTED_CHECKPOINT).is_file():
+        raise FileNotFoundError(f"Option 'checkpoints': '{path}' is a folder without {FITTED_CHECKPOINT}; {FIT_RECIPE}")
+    return str(path / FITTED_CHECKPOINT), path

@@ -220,6 +220,10 @@ class InvDiff(ConditionalSampling):
         if self.groups == "inferred":
             self.assignment = self.load_or_infer_groups()
 
+    def fit_diagnostics(self) -> list[Path]:
+        """The inferred groups' report (agreement with the hidden groups, sizes) next to ``groups_file``."""
+        return [self.groups_path().with_suffix(".json")] if self.groups == "inferred" else []
+
     def groups_path(self) -> Path:
         """``groups_file``, or ``groups.safetensors`` in the run's log folder."""
         return Path(self.groups_file) if self.groups_file else run_folder(self.trainer) / DEFAULT_GROUPS_FILE

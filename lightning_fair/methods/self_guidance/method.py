@@ -192,6 +192,10 @@ class SelfGuidance(DebiasingMethod):
             validate_distribution(target, self.classifier.num_classes[column], f"target_distributions.{name}")
         self._draw_weights: Tensor | None = None
 
+    def evaluation_targets(self) -> dict[str, list[float]]:
+        """``target_distributions`` (none with uniform or data cluster draws: the evaluator's own then)."""
+        return {name: list(target) for name, target in self.target_distributions.items()}
+
     def feature_extractor(self) -> nn.Module:
         """The configured feature extractor (built when the features are computed)."""
         options = self.hparams
@@ -222,6 +226,10 @@ class SelfGuidance(DebiasingMethod):
     def clusters_path(self) -> Path:
         """``clusters_file``, or ``clusters.safetensors`` in the run's log folder."""
         return Path(self.clusters_file) if self.clusters_file else run_folder(self.trainer) / DEFAULT_CLUSTERS_FILE
+
+    def fit_diagnostics(self) -> list[Path]:
+        """The clusters' report (sizes, NMI with the data's attributes, composition) next to ``clusters_file``."""
+        return [self.clusters_path().with_suffix(".json")]
 
     def on_fit_start(self) -> None:
         """Reads the clusters file, or extracts features, clusters them and writes it; keeps their frequencies."""

@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 FACES_CLASSIFIER := configs/synthetic_faces/classifier.yaml
 
-.PHONY: install demo classifier test test-all lint clean
+.PHONY: install demo report classifier test test-all lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(VENV)/.installed
 ## demo: plain sampling of the shipped SyntheticFaces UNet, labelled by the shipped classifier: how biased is it?
 demo: install
 	$(BIN)/lightning-fair test -c configs/synthetic_faces/plain.yaml
+
+## report: every method on the embedded SyntheticFaces, one protocol, one evaluator: report/report.html and more.
+report: install
+	$(BIN)/lightning-fair report -c configs/report/synthetic_faces.yaml
 
 ## classifier: write the embedded SyntheticFaces data, train the attribute classifier on it, test it.
 classifier: install
@@ -38,4 +42,4 @@ lint: install
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) logs data .pytest_cache .ruff_cache
+	rm -rf $(VENV) logs data report .pytest_cache .ruff_cache

@@ -261,7 +261,7 @@ def fit_once(trainer: Trainer, model: LightningModule, data: Any, folder: Path) 
     start = time.perf_counter()
     trainer.fit(model, data, ckpt_path=str(last) if last.is_file() else None)
     seconds = time.perf_counter() - start
-    trainer.save_checkpoint(final)  # the end of the fit, whatever the checkpoint interval
+    trainer.save_checkpoint(final, weights_only=True)  # the end of the fit, whatever the checkpoint interval
     if trainer.is_global_zero:
         for diagnostic in model.fit_diagnostics():
             if diagnostic.is_file():

@@ -14,6 +14,7 @@ from lightning_fair.cli import main
 from lightning_fair.report.command import planned_runs, report_parser, run_report
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_FITS = ["distribution_guidance", "h_sample_guidance", "attribute_switching", "self_guidance"]
 
 
 def test_report_writes_rows_pictures_and_pages(
@@ -98,6 +99,32 @@ def test_shipped_report_config_runs_every_method_with_a_config(monkeypatch: pyte
     assert names[0] == "plain"
     assert {"conditional", "distribution_guidance", "attribute_switching", "self_guidance"} <= set(names)
     assert options.protocol.condition_draw == "balanced"
+    assert set(options.checkpoints) == set(SHIPPED_FITS)  # `make report` fits nothing: it tests the shipped fits
+
+
+@pytest.mark.parametrize(
+    "method", ["distribution_guidance", "h_sample_guidance", "attribute_switching", "self_guidance"]
+)
+def test_shipped_fits_load_into_the_shipped_configs(
+    method: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each shipped fit matches its method's config (the modules a checkpoint holds are checked when it loads)."""
+    monkeypatch.chdir(REPO_ROOT)
+    rows = run_report(
+        [
+            "-c",
+            "configs/report/synthetic_faces.yaml",
+            f"--methods=[{method}]",
+            "--protocol.num_samples=2",
+            "--protocol.steps=2",
+            "--evaluator.reference=null",
+            "--comparison_samples=0",
+            f"--log_dir={tmp_path / 'logs'}",
+            f"--output={tmp_path / 'report'}",
+        ]
+    )
+    assert [row["fit"] for row in rows] == ["none", "given"]
+    assert rows[1]["fit_folder"].endswith(f"synthetic_faces_fits/{method}")
 
 
 def write_config(path: Path, logs: Path, model: str, calibration_samples: int = 3) -> None:

@@ -77,6 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="METHOD=ARG",
         help="a command-line argument for one method, e.g. 'dg=--model.init_args.guidance_scale=50' (repeatable)",
     )
+    parser.add_argument(
+        "--condition-draw",
+        choices=["independent", "balanced"],
+        default=None,
+        help="every method's per-sample class draws (default: each config's)",
+    )
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
     parser.add_argument("--log-dir", default="logs/benchmarks", help="where each method's run folder goes")
     parser.add_argument("--out", default=None, help="JSON file for the rows")
@@ -102,7 +108,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if unknown:
         raise SystemExit(f"--ckpt/--config name methods that are not in --methods: {unknown}")
     protocol = Protocol(
-        options.num_samples, options.steps, options.seed, options.batch_size, options.repeats, options.accelerator
+        options.num_samples,
+        options.steps,
+        options.seed,
+        options.batch_size,
+        options.repeats,
+        options.accelerator,
+        options.condition_draw,
     )
     runs = [
         MethodRun(

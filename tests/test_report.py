@@ -100,6 +100,11 @@ def test_shipped_report_config_runs_every_method_with_a_config(monkeypatch: pyte
     assert {"conditional", "distribution_guidance", "attribute_switching", "self_guidance"} <= set(names)
     assert options.protocol.condition_draw == "balanced"
     assert set(options.checkpoints) == set(SHIPPED_FITS)  # `make report` fits nothing: it tests the shipped fits
+    subset = report_parser().parse_args(["-c", "configs/report/synthetic_faces.yaml", "--methods=[conditional]"])
+    assert [run.name for run in planned_runs(subset)] == ["plain", "conditional"]  # the other rows' fits: unused
+    misspelt = report_parser().parse_args(["-c", "configs/report/synthetic_faces.yaml", "--checkpoints={slef: x}"])
+    with pytest.raises(ValueError, match=r"nor configs of 'configs/synthetic_faces': \['slef'\]"):
+        planned_runs(misspelt)
 
 
 @pytest.mark.parametrize(

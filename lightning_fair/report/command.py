@@ -61,9 +61,13 @@ def planned_runs(options: Any) -> list[MethodRun]:
         methods = [name for name in sorted(method_registry()) if (folder / f"{name}.yaml").is_file()]
     methods = [REFERENCE_METHOD] + [name for name in dict.fromkeys(methods) if name != REFERENCE_METHOD]
     named = set(options.method_configs) | set(options.overrides) | set(options.checkpoints)
-    unknown = sorted(named - set(methods))
+    known = set(methods) | set(method_registry()) | {path.stem for path in folder.glob("*.yaml")}
+    unknown = sorted(named - known)  # a row not run this time may keep its settings; a misspelt one may not
     if unknown:
-        raise ValueError(f"Options 'method_configs'/'overrides'/'checkpoints' name rows not in 'methods': {unknown}")
+        raise ValueError(
+            f"Options 'method_configs'/'overrides'/'checkpoints' name rows that are neither in 'methods', nor "
+            f"registered methods, nor configs of '{folder}': {unknown}"
+        )
     runs = []
     for name in methods:
         config = Path(options.method_configs.get(name, folder / f"{name}.yaml"))

@@ -19,6 +19,10 @@ from lightning_fair.utils.files import write_text_atomically
 PACKAGES = ("lightning-fair", "torch", "lightning", "diffusers", "torchmetrics")
 SIDE_BY_SIDE = "side_by_side.png"
 JSON_PREVIEW_CHARACTERS = 4000
+SIDE_BY_SIDE_NOTE = (
+    "Column i of every row starts from the same initial noise; a row labelled with its eta draws fresh noise at"
+    " every step as well, so it matches the others less closely."
+)
 
 
 def versions() -> dict[str, str]:
@@ -53,10 +57,17 @@ def collect_files(rows: list[dict[str, Any]], folder: Path) -> dict[str, list[Pa
             copied.append(target)
             drawn = target.with_suffix(".png")
             if source.suffix == ".csv" and not (source.with_suffix(".png")).exists() and _per_timestep(source):
-                timestep_curves(target, drawn)
+                timestep_curves(source, drawn, source.stem.replace("_", " "))
                 copied.append(drawn)
         files[row["method"]] = copied
     return files
+
+
+def strip_label(row: dict[str, Any]) -> str:
+    """The row's label in the side-by-side picture: its method, and its per-step noise if it has some."""
+    sampler = row.get("sampler", {})
+    stochastic = sampler.get("scheduler") == "ddpm" or sampler.get("eta", 0.0) > 0
+    return f"{row['method']}\n({sampler['scheduler']}, eta {sampler['eta']:g})" if stochastic else row["method"]
 
 
 def _per_timestep(table: Path) -> bool:
@@ -78,7 +89,7 @@ def write_report(rows: list[dict[str, Any]], protocol: Protocol, folder: Path, s
     proportion_bars(rows, folder / "proportions.png")
     fairness_quality(rows, folder / "fairness_quality.png")
     summaries = [folder / "proportions.png", folder / "fairness_quality.png"]
-    strips = {row["method"]: Path(row["comparison"]) for row in rows if row.get("comparison")}
+    strips = {strip_label(row): Path(row["comparison"]) for row in rows if row.get("comparison")}
     if strips:
         side_by_side(strips, folder / SIDE_BY_SIDE)
     per_method = collect_files(rows, folder)
@@ -87,7 +98,8 @@ def write_report(rows: list[dict[str, Any]], protocol: Protocol, folder: Path, s
     lines = ["# Debiasing report", "", tables[0], "", tables[1], ""]
     lines += [" ".join(f"![{path.stem}]({path.name})" for path in summaries), ""]
     if strips:
-        lines += ["## The same initial noise, method by method", "", f"![side by side]({SIDE_BY_SIDE})", ""]
+        lines += ["## The same initial noise, method by method", "", SIDE_BY_SIDE_NOTE, ""]
+        lines += [f"![side by side]({SIDE_BY_SIDE})", ""]
     for method, files in per_method.items():
         lines += [f"## {method}", ""] + [
             f"![{file.name}]({file.name})" if file.suffix == ".png" else f"[{file.name}]({file.name})" for file in files
@@ -134,7 +146,10 @@ def _html(
         reports = "".join(_report_preview(file) for file in files if file.suffix == ".json")
         sections.append(f"<h2>{html.escape(method)}</h2><div>{pictures}</div>{reports}")
     comparison = (
-        f"<h2>The same initial noise, method by method</h2><div class='wide'>{_image(strips)}</div>" if strips else ""
+        f"<h2>The same initial noise, method by method</h2><p>{html.escape(SIDE_BY_SIDE_NOTE)}</p>"
+        f"<div class='wide'>{_image(strips)}</div>"
+        if strips
+        else ""
     )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Debiasing report</title><style>"

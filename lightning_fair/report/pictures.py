@@ -21,7 +21,9 @@ def _pyplot() -> Any:
 def _save(figure: Any, path: Path) -> None:
     pyplot = _pyplot()
     figure.tight_layout()
-    replace_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=110))
+    replace_atomically(
+        path, lambda temporary: figure.savefig(temporary, format="png", dpi=110, bbox_inches="tight", pad_inches=0.1)
+    )
     pyplot.close(figure)
 
 
@@ -61,7 +63,10 @@ def fairness_quality(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def side_by_side(strips: dict[str, Path], path: Path) -> None:
-    """One row of samples per method, the rows stacked: sample ``i`` of every row starts from the same noise."""
+    """One row of samples per label, the rows stacked: sample ``i`` of every row starts from the same noise.
+
+    Rows sampled with stochastic steps (DDIM ``eta`` > 0) share the initial noise only: say so in their label.
+    """
     pyplot = _pyplot()
     images = {method: pyplot.imread(strip) for method, strip in strips.items()}
     width = max(image.shape[1] for image in images.values())
@@ -78,8 +83,14 @@ def side_by_side(strips: dict[str, Path], path: Path) -> None:
     _save(figure, path)
 
 
-def timestep_curves(table: Path, path: Path) -> None:
-    """Every column of a per-timestep CSV (e.g. ``adp_accuracy.csv``) against its ``timestep`` column."""
+def timestep_curves(table: Path, path: Path, name: str) -> None:
+    """Every column of a per-timestep CSV (e.g. ``adp_accuracy.csv``) against its ``timestep`` column.
+
+    Args:
+        table: the CSV file.
+        path: the PNG to write.
+        name: what the values are (the y label).
+    """
     pyplot = _pyplot()
     with table.open(newline="") as file:
         rows = list(csv.DictReader(file))
@@ -89,7 +100,7 @@ def timestep_curves(table: Path, path: Path) -> None:
     for name in columns:
         axis.plot(timesteps, [float(row[name]) if row[name] else float("nan") for row in rows], label=name)
     axis.set_xlabel("timestep")
-    axis.set_ylabel(table.stem.replace("_", " "))
+    axis.set_ylabel(name)
     axis.invert_xaxis()  # sampling order: from noise to image
     axis.legend(fontsize=8)
     _save(figure, path)

@@ -214,10 +214,12 @@ def run_method(
         "log_dir": str(trainer.log_dir),
         "comparison": comparison,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "sampler": {key: model.hparams["sampler"][key] for key in SAMPLER_SETTINGS},
     }
 
 
 FITTED_CHECKPOINT = "fitted.ckpt"
+SAMPLER_SETTINGS = ("scheduler", "eta", "cfg_scale", "condition_draw")  # what makes rows differ beyond the method
 FIT_RECIPE = "a fit folder is what `lightning-fair report` leaves under <log_dir>/<group>/<method>/fit-<key>"
 
 FIT_INDEPENDENT = (

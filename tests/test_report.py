@@ -121,7 +121,7 @@ def test_shipped_fits_load_into_the_shipped_configs(
             "configs/report/synthetic_faces.yaml",
             f"--methods=[{method}]",
             "--protocol.num_samples=2",
-            "--protocol.steps=2",
+            "--protocol.steps=25",  # the steps the ADPs were fitted for
             "--evaluator.reference=null",
             "--comparison_samples=0",
             f"--log_dir={tmp_path / 'logs'}",

@@ -107,9 +107,7 @@ def test_shipped_report_config_runs_every_method_with_a_config(monkeypatch: pyte
         planned_runs(misspelt)
 
 
-@pytest.mark.parametrize(
-    "method", ["distribution_guidance", "h_sample_guidance", "attribute_switching", "self_guidance"]
-)
+@pytest.mark.parametrize("method", SHIPPED_FITS)
 def test_shipped_fits_load_into_the_shipped_configs(
     method: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -119,7 +117,7 @@ def test_shipped_fits_load_into_the_shipped_configs(
         [
             "-c",
             "configs/report/synthetic_faces.yaml",
-            f"--methods=[{method}]",
+            f"--methods=[{', '.join(SHIPPED_FITS)}]",
             "--protocol.num_samples=2",
             "--protocol.steps=25",  # the steps the ADPs were fitted for
             "--evaluator.reference=null",
@@ -128,8 +126,8 @@ def test_shipped_fits_load_into_the_shipped_configs(
             f"--output={tmp_path / 'report'}",
         ]
     )
-    assert [row["fit"] for row in rows] == ["none", "given"]
-    assert rows[1]["fit_folder"].endswith(f"synthetic_faces_fits/{method}")
+    assert [row["fit"] for row in rows] == ["none"] + ["given"] * len(SHIPPED_FITS)
+    assert [Path(row["fit_folder"]).name for row in rows[1:]] == SHIPPED_FITS
 
 
 def write_config(path: Path, logs: Path, model: str, calibration_samples: int = 3) -> None:

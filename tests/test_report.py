@@ -138,6 +138,7 @@ def write_config(path: Path, logs: Path, model: str, calibration_samples: int = 
             seed_everything: 0
             trainer:
               accelerator: cpu
+              max_epochs: 1  # a calibration (no optimizer step) ends with its epoch
               enable_model_summary: false
               logger: {{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {{save_dir: {logs}, name: x}}}}
               callbacks: [{{class_path: SampleGrid, init_args: {{num_images: 2, nrow: 2}}}}]

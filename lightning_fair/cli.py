@@ -14,6 +14,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import lightning_fair  # the submodule imports below register the classes for short names in configs
@@ -21,7 +22,9 @@ import lightning_fair.callbacks
 import lightning_fair.classifiers
 import lightning_fair.data
 import lightning_fair.methods
+from lightning_fair.callbacks import FairnessEvaluator
 from lightning_fair.callbacks.progress_log import ProgressLog
+from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.models import read_checkpoint
 from lightning_fair.utils.preemption import TERMINATED_EXIT_STATUS
 
@@ -43,7 +46,71 @@ class LightningFairCLI(LightningCLI):
     (``${model.init_args.target_distributions.Male}``): a wrong value is then reported under the option the user
     set. When standard output is not a terminal (SLURM, ``nohup``), progress is logged as lines
     (:class:`~lightning_fair.callbacks.progress_log.ProgressLog`) instead of Lightning's default bar.
+
+    Four top-level options name what several parts of a run share, so that a config states each once and the parts
+    interpolate it (``${backbone}``, ``${dataset.init_args.sensitive}``; see ``configs/custom``): ``backbone``,
+    ``classifier``, ``dataset`` (the user's image DataModule, not instantiated by itself) and ``evaluator`` (the
+    :class:`~lightning_fair.callbacks.FairnessEvaluator`, added to the trainer's callbacks, set from the command
+    line as ``--evaluator.classifier``). A shared option that is set but that the config's parts do not follow is
+    refused, so that a run never silently uses another model or classifier than the one given.
     """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """The shared top-level options (see the class docstring)."""
+        parser.add_argument(
+            "--backbone",
+            type=str | None,
+            default=None,
+            help="the diffusion model every part of the run uses (configs refer to it as ${backbone})",
+        )
+        parser.add_argument(
+            "--classifier",
+            type=str | None,
+            default=None,
+            help="the attribute classifier every part of the run uses: evaluator, pseudo-labels (${classifier})",
+        )
+        parser.add_subclass_arguments(
+            AttributeDataModule,
+            "dataset",
+            required=False,
+            instantiate=False,
+            help="the image data every part of the run reads: training, reference, calibration (${dataset})",
+        )
+        parser.add_lightning_class_args(FairnessEvaluator, "evaluator", subclass_mode=True, required=False)
+
+    def before_instantiate_classes(self) -> None:
+        """Refuses a shared option that the parts it names do not follow (see the class docstring)."""
+        config = self.config.get(str(self.subcommand), self.config)
+        model, evaluator = config.get("model") or {}, config.get("evaluator") or {}
+        uses = {
+            "backbone": [("model.init_args.backbone", model.get("init_args", {}).get("backbone"))],
+            "classifier": [
+                ("model.init_args.classifier", model.get("init_args", {}).get("classifier")),
+                (
+                    "evaluator.init_args.classifier",
+                    evaluator.get("init_args", {}).get("classifier"),
+                ),
+            ],
+        }
+        dataset, data = config.get("dataset"), config.get("data") or {}
+        readers = [data, data.get("init_args", {}).get("train_data"), evaluator.get("init_args", {}).get("reference")]
+        if dataset is not None and dataset not in readers:
+            raise ValueError(
+                "Option 'dataset' is set but neither data, data.init_args.train_data nor "
+                "evaluator.init_args.reference is ${dataset}: this config does not read it"
+            )
+        for option, places in uses.items():
+            value = config.get(option)
+            for place, used in places:
+                if value is not None and used is not None and used != value:
+                    raise ValueError(
+                        f"Option '{option}' is {value!r} but {place} is {used!r}: this config does not follow "
+                        f"'{option}'; set {place} (or make it ${{{option}}})"
+                    )
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
+        """Lightning's trainer, without the top-level ``evaluator`` when a run has none."""
+        return super()._instantiate_trainer(config, [callback for callback in callbacks if callback is not None])
 
     def _parse_ckpt_path(self) -> None:
         """Keeps the parsed config as it is (see the class docstring)."""
@@ -103,6 +170,9 @@ def build_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
     # Interpolations (``${model.init_args.target_distributions.Male}``) are resolved after the command-line
     # overrides (``omegaconf+``), and written from the config's root whatever the subcommand.
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    # ``${dict:${dataset.init_args.sensitive},[0.5,0.5]}``: a mapping keyed by another option's value (OmegaConf
+    # interpolates values, never keys), e.g. the target distribution of the dataset's sensitive attribute.
+    OmegaConf.register_resolver("dict", lambda key, value: {key: value}, replace=True)
     return LightningFairCLI(
         LightningModule,
         LightningDataModule,

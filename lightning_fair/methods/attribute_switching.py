@@ -27,8 +27,8 @@ from lightning_fair.diffusion.seeding import CONDITION_STREAM, NOISE_STREAM, per
 from lightning_fair.methods.base import DebiasingMethod
 from lightning_fair.methods.conditions import Prompts
 from lightning_fair.metrics import validate_distribution
+from lightning_fair.utils.curves import write_curve
 from lightning_fair.utils.distributed import sum_over_processes
-from lightning_fair.utils.files import replace_atomically, write_csv_atomically
 
 CURVE_FILE = "tau_curve"
 
@@ -206,7 +206,15 @@ class AttributeSwitching(DebiasingMethod):
         )
         folder = run_folder(self.trainer)
         if self.trainer.is_global_zero:
-            write_curve(folder, timesteps.tolist(), curve.tolist(), int(self.tau))
+            write_curve(
+                folder,
+                CURVE_FILE,
+                "tau",
+                timesteps.tolist(),
+                {"distance": curve.tolist()},
+                int(self.tau),
+                f"tau search: argmin at {int(self.tau)}",
+            )
 
     def fit_diagnostics(self) -> list[Path]:
         """The D(tau) curve, ``tau_curve.png`` and ``tau_curve.csv``."""
@@ -227,23 +235,3 @@ class AttributeSwitching(DebiasingMethod):
     def configure_optimizers(self) -> None:
         """Nothing to optimise: ``fit`` only calibrates ``tau``."""
         return None
-
-
-def write_curve(folder: Path, timesteps: list[int], values: list[float], tau: int) -> None:
-    """Writes the D(tau) curve as ``tau_curve.csv`` and ``tau_curve.png`` into ``folder`` (atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    rows = zip(timesteps, (f"{value:.6f}" for value in values), strict=True)
-    write_csv_atomically(folder / f"{CURVE_FILE}.csv", ["tau", "distance"], rows)
-    figure, axis = pyplot.subplots(figsize=(5, 3.2))
-    axis.plot(timesteps, values)
-    axis.axvline(tau, linestyle="--", color="gray")
-    axis.set_xlabel("switching timestep tau")
-    axis.set_ylabel("D(tau) = mean ||A - B||")
-    axis.set_title(f"tau search: argmin at {tau}")
-    figure.tight_layout()
-    replace_atomically(folder / f"{CURVE_FILE}.png", lambda temporary: figure.savefig(temporary, format="png", dpi=120))
-    pyplot.close(figure)

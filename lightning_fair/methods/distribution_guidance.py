@@ -15,17 +15,21 @@ from torch import Tensor, nn
 
 from lightning_fair.callbacks.run_folder import run_folder
 from lightning_fair.classifiers import load_classifier
+from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.diffusion import SamplerConfig, SamplingState, Step, ddim_inversion, sample_generators
 from lightning_fair.diffusion.seeding import CONDITION_STREAM, per_sample_choice, per_sample_randn, training_generators
 from lightning_fair.methods.adp import AttributeDistributionPredictor
 from lightning_fair.methods.base import DebiasingMethod
 from lightning_fair.methods.conditions import Prompts
+from lightning_fair.methods.scale_search import DEFAULT_SCALES, ScaleSearch, search_scale
 from lightning_fair.metrics import GroupedAccuracy, validate_distribution
+from lightning_fair.metrics.quality import reference_features
 from lightning_fair.utils.distributed import sum_over_processes
 from lightning_fair.utils.files import write_csv_atomically
 from lightning_fair.utils.options import check_ranges
 
 ACCURACY_FILE = "adp_accuracy.csv"
+SCALE_CURVE, CURVE = "guidance_scale_curve", ("png", "csv")
 OFFICIAL_SAMPLER = SamplerConfig(eta=1.0)  # the official code samples with stochastic DDIM
 
 
@@ -60,6 +64,15 @@ class HSpaceGuidance(DebiasingMethod):
     through the UNet. With the sampler's classifier-free guidance (text-to-image backbones) the edit sees the h of
     both halves of the batched ``[conditional; null]`` call and moves both, as the official Stable Diffusion code.
 
+    The right scale depends on the model, the head and the batch size (the official 15 suits its 256x256 model and
+    batches of 100). With ``guidance_scale: null`` the end of ``fit`` (its last epoch, by ``max_epochs`` or
+    ``max_steps``) calibrates it, one value for every attribute: ``calibration_samples`` samples (their own seed,
+    not the evaluated samples') at each of ``calibration_scales``, labelled by the ``classifier``; of the scales whose
+    largest FD to the target is within twice an exact sampler's FD at that sample count, the one whose samples are
+    closest to the real validation images (``fid_cls``, the quality cost), else the one of least FD, with a warning.
+    The choice and why are logged, the curve is written as ``guidance_scale_curve.png``/``.csv`` and the scale is kept
+    in the checkpoint (a number given later replaces it).
+
     Args:
         backbone: a diffusers folder or shipped model name.
         classifier: an ``AttributeClassifier`` (checkpoint, folder or shipped name) giving the pseudo-labels.
@@ -72,7 +85,12 @@ class HSpaceGuidance(DebiasingMethod):
         temperature: softmax temperature of the ADP at guidance time (official: 8).
         h_source: ``noised`` (forward process) or ``inversion`` (DDIM inversion) training features.
         guidance_scale: the official ``--scale`` (15 in its script for a batch of 100): one value for every
-            attribute, or one per attribute (``{"Male": 100, "Eyeglasses": 300}``), as the official code allows.
+            attribute, or one per attribute (``{"Male": 100, "Eyeglasses": 300}``), as the official code allows;
+            ``None``: calibrated at the end of ``fit`` (see below).
+        calibration_scales: the scales a calibration tries (default: 0 and 1 to 1000 in 1-2-5 steps).
+        calibration_samples: samples per tried scale.
+        calibration_batch_size: global batch of the calibration samples (default: the generation requests'
+            ``batch_size``, the one the method samples with; batch-level guidance depends on it).
         loss_weight: factor of the loss before the gradient (official: 300).
         step_size: factor of the update (official: 1.5).
         beta_exponent: the update is scaled by ``beta_t ** beta_exponent`` (official: 0.05).
@@ -93,13 +111,16 @@ class HSpaceGuidance(DebiasingMethod):
         hidden_features: int = 256,
         temperature: float = 8.0,
         h_source: Literal["noised", "inversion"] = "noised",
-        guidance_scale: float | dict[str, float] = 15.0,
+        guidance_scale: float | dict[str, float] | None = 15.0,
         loss_weight: float = 300.0,
         step_size: float = 1.5,
         beta_exponent: float = 0.05,
         first_guided_step: int = 1,
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
+        calibration_scales: list[float] | None = None,
+        calibration_samples: int = 256,
+        calibration_batch_size: int | None = None,
     ) -> None:
         super().__init__(backbone=backbone, sampler=official_sampler(sampler), seed=seed, prompts=prompts)
 
@@ -124,7 +145,9 @@ class HSpaceGuidance(DebiasingMethod):
                 options["target_distributions"].items(), self.attribute_columns, strict=True
             )
         }
-        self.guidance_scales = self._per_attribute_scales(options["guidance_scale"])
+        given = options["guidance_scale"]
+        self.guidance_scales = {} if given is None else self._per_attribute_scales(given)
+        self.scale_search: ScaleSearch | None = None
         timesteps = self.sampler.timesteps
         h_shape = self._h_shape()
         self.predictors = nn.ModuleDict(
@@ -156,7 +179,16 @@ class HSpaceGuidance(DebiasingMethod):
         """Refuses numeric options outside their range (a negative scale would push away from the target)."""
         options = self.hparams
         check_ranges(
-            positive={name: options[name] for name in ("temperature", "hidden_features", "learning_rate")},
+            positive={
+                name: options[name]
+                for name in (
+                    "temperature",
+                    "hidden_features",
+                    "learning_rate",
+                    "calibration_samples",
+                    "calibration_batch_size",
+                )
+            },
             non_negative={
                 name: options[name] for name in ("loss_weight", "step_size", "beta_exponent", "weight_decay")
             },
@@ -283,8 +315,77 @@ class HSpaceGuidance(DebiasingMethod):
             self.log(f"val/acc_{name}", per_step.nanmean(), sync_dist=False)
 
     def fit_diagnostics(self) -> list[Path]:
-        """``adp_accuracy.csv``: each ADP's validation accuracy per timestep."""
-        return [run_folder(self.trainer) / ACCURACY_FILE]
+        """``adp_accuracy.csv``: each ADP's validation accuracy per timestep; the scale search's curve if it ran."""
+        folder = run_folder(self.trainer)
+        searched = [] if self.hparams["guidance_scale"] is not None else [folder / f"{SCALE_CURVE}.{s}" for s in CURVE]
+        return [folder / ACCURACY_FILE, *searched]
+
+    # ------------------------------------------------------------------------------------ scale calibration
+
+    def on_train_epoch_end(self) -> None:
+        """At the end of the last epoch, calibrates ``guidance_scale`` when it is ``None`` (see the class docstring)."""
+        trainer = self.trainer
+        last = (
+            trainer.max_epochs is not None and trainer.max_epochs > 0 and self.current_epoch + 1 >= trainer.max_epochs
+        ) or (trainer.max_steps > 0 and self.global_step >= trainer.max_steps)
+        if self.hparams["guidance_scale"] is None and last:
+            self.calibrate_scale()
+
+    def calibrate_scale(self) -> ScaleSearch:
+        """Searches ``guidance_scale`` on calibration samples, keeps and logs the choice, writes the curve."""
+        options, data = self.hparams, self.image_data()
+        batch_size = options["calibration_batch_size"] or getattr(self.trainer.datamodule, "batch_size", None)
+        if data is None or batch_size is None:
+            raise ValueError(
+                "guidance_scale: null is calibrated in fit on the training images' val split and the generation "
+                "requests' batch size: give GenerationRequests(train_data=...) as the data"
+            )
+        reference = self._validation_features(data)
+        was_training = self.training
+        self.eval()
+        try:
+            search = search_scale(
+                self,
+                "guidance_scale",
+                lambda scale: setattr(self, "guidance_scales", dict.fromkeys(self.attributes, scale)),
+                list(options["calibration_scales"] or DEFAULT_SCALES),
+                options["calibration_samples"],
+                batch_size,
+                self.classifier,
+                self.targets,
+                reference,
+            )
+        finally:
+            self.train(was_training)
+        self.scale_search = search
+        self.guidance_scales = dict.fromkeys(self.attributes, search.chosen)
+        self.log("calibration/guidance_scale", search.chosen)
+        folder = run_folder(self.trainer)
+        if self.trainer.is_global_zero:
+            search.write(folder)
+        return search
+
+    def _validation_features(self, data: AttributeDataModule) -> Tensor:
+        """Classifier features of the training data's val split (cached beside the data), the same on every process."""
+        features = None
+        if self.trainer.is_global_zero:
+            data.prepare_data()
+            with self.classifier.inputs_from(data.center_crop_fraction, f"the images of '{data.root}'"):
+                features = reference_features(self.classifier, data.dataset("val"), data.root / ".cache")
+        return self.trainer.strategy.broadcast(features, src=0)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also keeps a calibrated ``guidance_scale``."""
+        super().on_save_checkpoint(checkpoint)
+        if self.hparams["guidance_scale"] is None and self.guidance_scales:
+            checkpoint["lightning_fair"]["guidance_scale"] = next(iter(self.guidance_scales.values()))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Takes the checkpoint's calibrated ``guidance_scale`` unless one is given."""
+        super().on_load_checkpoint(checkpoint)
+        calibrated = checkpoint["lightning_fair"].get("guidance_scale")
+        if self.hparams["guidance_scale"] is None and calibrated is not None:
+            self.guidance_scales = dict.fromkeys(self.attributes, float(calibrated))
 
     def on_fit_end(self) -> None:
         """Writes the last per-timestep validation accuracy to ``adp_accuracy.csv`` in the log folder."""
@@ -342,6 +443,11 @@ class HSpaceGuidance(DebiasingMethod):
 
     def guided_eps(self, x: Tensor, step: Step, state: SamplingState) -> Tensor:
         """Eps decoded from the edited h (from ``first_guided_step`` on), in one UNet call."""
+        if not self.guidance_scales:
+            raise ValueError(
+                f"{type(self).__name__} has guidance_scale: null and no calibrated scale: run `fit` (to its last "
+                "epoch: max_epochs or max_steps), test a checkpoint of such a fit, or set guidance_scale"
+            )
         if step.index < self.hparams["first_guided_step"]:
             return self.unet_eps(x, step, state)
         return self.unet_eps(x, step, state, h_edit=lambda h: self.edit_h(h, step.timestep, state))
@@ -384,13 +490,16 @@ class DistributionGuidance(HSpaceGuidance):
         hidden_features: int = 256,
         temperature: float = 8.0,
         h_source: Literal["noised", "inversion"] = "noised",
-        guidance_scale: float | dict[str, float] = 15.0,
+        guidance_scale: float | dict[str, float] | None = 15.0,
         loss_weight: float = 300.0,
         step_size: float = 1.5,
         beta_exponent: float = 0.05,
         first_guided_step: int = 1,
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
+        calibration_scales: list[float] | None = None,
+        calibration_samples: int = 256,
+        calibration_batch_size: int | None = None,
     ) -> None:
         if loss not in ("chi2", "kl"):
             raise ValueError(f"Option 'loss' must be 'chi2' or 'kl', got {loss!r}")
@@ -412,6 +521,9 @@ class DistributionGuidance(HSpaceGuidance):
             first_guided_step=first_guided_step,
             learning_rate=learning_rate,
             weight_decay=weight_decay,
+            calibration_scales=calibration_scales,
+            calibration_samples=calibration_samples,
+            calibration_batch_size=calibration_batch_size,
         )
         for name, target in self.targets.items():
             if (target <= 0).any():

@@ -9,9 +9,10 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lightning_fair.callbacks import FairnessEvaluator
+from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.methods import method_registry
 from lightning_fair.report.document import write_report
-from lightning_fair.report.runs import MethodRun, Protocol, run_method
+from lightning_fair.report.runs import MethodRun, Protocol, SharedParts, run_method
 
 REFERENCE_METHOD = "plain"
 
@@ -39,6 +40,19 @@ def report_parser() -> ArgumentParser:
         "--backbone", type=str | None, default=None, help="every method's backbone (default: each config's)"
     )
     parser.add_argument(
+        "--classifier",
+        type=str | None,
+        default=None,
+        help="every method's classifier, for configs that follow the top-level `classifier` (configs/custom)",
+    )
+    parser.add_subclass_arguments(
+        AttributeDataModule,
+        "dataset",
+        required=False,
+        instantiate=False,
+        help="every method's image data, for configs that follow the top-level `dataset` (configs/custom)",
+    )
+    parser.add_argument(
         "--evaluator",
         type=FairnessEvaluator | None,
         default=None,
@@ -48,7 +62,9 @@ def report_parser() -> ArgumentParser:
     parser.add_argument(
         "--comparison_samples", type=int, default=8, help="samples per method in the side-by-side picture (0: none)"
     )
-    parser.add_argument("--log_dir", type=str, default="logs/report", help="where runs and cached fits go")
+    parser.add_argument(
+        "--log_dir", type=str | None, default=None, help="where runs and cached fits go (default: <output>/runs)"
+    )
     parser.add_argument("--output", type=str, default="report", help="the report's folder")
     return parser
 
@@ -80,6 +96,10 @@ def planned_runs(options: Any) -> list[MethodRun]:
 def describe_setting(options: Any, evaluator: FairnessEvaluator | None) -> dict[str, Any]:
     """What the comparison ran on, for the report: the shared backbone and evaluator, or each config's."""
     setting: dict[str, Any] = {"configs_dir": options.configs_dir, "backbone": options.backbone or "each config's"}
+    if options.classifier is not None:
+        setting["classifier"] = options.classifier
+    if options.dataset is not None:
+        setting["dataset"] = f"{options.dataset.init_args.root} ({options.dataset.class_path.rsplit('.', 1)[-1]})"
     if evaluator is None:
         return {**setting, "evaluator": "each config's"}
     reference = evaluator.reference
@@ -102,7 +122,10 @@ def run_report(args: list[str]) -> list[dict[str, Any]]:
         raise ValueError(f"Option 'comparison_samples' must be at least 0, got {options.comparison_samples}")
     runs = planned_runs(options)
     evaluator = parser.instantiate_classes(options).evaluator
+    dataset = None if options.dataset is None else options.dataset.as_dict()
+    shared = SharedParts(options.backbone, options.classifier, dataset, evaluator)
     group = Path(options.configs_dir).name
+    log_dir = options.log_dir or str(Path(options.output, "runs"))
     rows = []
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
     with Progress(*columns, TimeElapsedColumn()) as progress:
@@ -112,9 +135,7 @@ def run_report(args: list[str]) -> list[dict[str, Any]]:
             def announce(stage: str, name: str = run.name) -> None:
                 progress.update(task, description=f"report: {name} ({stage})")
 
-            row = run_method(
-                run, protocol, options.log_dir, group, options.comparison_samples, evaluator, options.backbone, announce
-            )
+            row = run_method(run, protocol, log_dir, group, options.comparison_samples, shared, announce)
             rows.append(row)
             progress.advance(task)
     for row in rows:

@@ -71,6 +71,35 @@ class MethodRun:
     checkpoint: str | None = None
 
 
+@dataclass(frozen=True)
+class SharedParts:
+    """What every method of a comparison uses in place of its config's own (``None``: each config's).
+
+    Attributes:
+        backbone: the diffusion model (the top-level ``backbone`` and ``model.init_args.backbone``).
+        classifier: the attribute classifier (the top-level ``classifier``, which configs that interpolate it follow;
+            a config that names its own is refused).
+        dataset: the image data, a class path and its init args (the top-level ``dataset``).
+        evaluator: the evaluator, in place of every evaluator the config has.
+    """
+
+    backbone: str | None = None
+    classifier: str | None = None
+    dataset: dict[str, Any] | None = None
+    evaluator: FairnessEvaluator | None = None
+
+    def overrides(self) -> list[str]:
+        """The command-line arguments that set these parts."""
+        arguments = []
+        if self.backbone is not None:
+            arguments += [f"--backbone={self.backbone}", f"--model.init_args.backbone={self.backbone}"]
+        if self.classifier is not None:
+            arguments.append(f"--classifier={self.classifier}")
+        if self.dataset is not None:
+            arguments.append(f"--dataset={json.dumps(self.dataset)}")
+        return arguments
+
+
 class SamplingClock:
     """Adds up the time a module's ``test_step`` takes (CUDA work included) by wrapping it."""
 
@@ -101,17 +130,17 @@ def run_method(
     log_dir: str,
     group: str,
     comparison_samples: int = 0,
-    evaluator: FairnessEvaluator | None = None,
-    backbone: str | None = None,
+    shared: SharedParts | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Fits ``run`` if it needs it and has no checkpoint, generates and evaluates under ``protocol``; returns its row.
 
-    Its logs go to ``<log_dir>/<group>/<name>``, a fit to ``<log_dir>/<group>/<name>/fit-<key>`` (never over the
-    checkpoints of the config's own users), ``key`` a hash of everything in the config that a fit depends on: a later
-    run with the same key reuses the finished fit, or resumes an interrupted one from its ``last.ckpt``. A fit folder
-    holds ``fitted.ckpt`` and the fit's diagnostics (:meth:`DebiasingMethod.fit_diagnostics`); ``run.checkpoint``
-    may name one (a folder, or a shipped one by name) as well as a checkpoint file.
+    Its logs go to ``<log_dir>/<group>/<name>`` (also its ``trainer.default_root_dir``), a fit to
+    ``<log_dir>/<group>/<name>/fit-<key>`` (never over the checkpoints of the config's own users), ``key`` a hash of
+    everything in the config that a fit depends on: a later run with the same key reuses the finished fit, or
+    resumes an interrupted one from its ``last.ckpt``. A fit folder holds ``fitted.ckpt`` and the fit's diagnostics
+    (:meth:`DebiasingMethod.fit_diagnostics`); ``run.checkpoint`` may name one (a folder, or a shipped one by name)
+    as well as a checkpoint file.
 
     Args:
         run: the method, its config and overrides.
@@ -120,12 +149,13 @@ def run_method(
         group: the sub-folder of this comparison (e.g. the dataset).
         comparison_samples: with ``n > 0``, samples ``0..n-1`` are also written as one row,
             ``comparison_<Method>.png`` in the run folder (the same initial noise for every method).
-        evaluator: the evaluator of every method, in place of the config's own (``None``: the config's).
-        backbone: every method's backbone, in place of the config's (``None``: the config's).
+        shared: what replaces every config's own backbone, classifier, dataset and evaluator.
         announce: told each stage as it starts (``fitting``, ``generating``).
     """
     method, config = run.name, run.config
+    shared = shared or SharedParts()
     overrides = [
+        f"--trainer.default_root_dir={Path(log_dir, group, method)}",
         f"--seed_everything={protocol.seed}",
         f"--model.init_args.seed={protocol.seed}",
         f"--model.init_args.sampler.num_inference_steps={protocol.steps}",
@@ -138,8 +168,7 @@ def run_method(
     ]
     if protocol.batch_size:
         overrides.append(f"--data.init_args.batch_size={protocol.batch_size}")
-    if backbone is not None:
-        overrides.append(f"--model.init_args.backbone={backbone}")
+    overrides += shared.overrides()
     if protocol.condition_draw:
         overrides.append(f"--model.init_args.sampler.condition_draw={protocol.condition_draw}")
     overrides += list(run.overrides)
@@ -147,9 +176,10 @@ def run_method(
         cli = build_cli(["-c", str(config), *overrides], run=False)
     trainer, model = cli.trainer, cli.model
     evaluators = [callback for callback in trainer.callbacks if isinstance(callback, FairnessEvaluator)]
-    if evaluator is not None:
-        trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, FairnessEvaluator)] + [evaluator]
-        evaluators = [evaluator]
+    if shared.evaluator is not None:
+        kept = [callback for callback in trainer.callbacks if not isinstance(callback, FairnessEvaluator)]
+        trainer.callbacks[:] = [*kept, shared.evaluator]
+        evaluators = [shared.evaluator]
     if not evaluators:
         raise ValueError(f"{config} has no FairnessEvaluator callback: nothing to report for {method!r}")
     if comparison_samples:
@@ -227,6 +257,8 @@ FIT_INDEPENDENT = (
     ("ckpt_path",),
     ("trainer", "logger"),
     ("trainer", "callbacks"),
+    ("trainer", "default_root_dir"),
+    ("evaluator",),
     ("trainer", "enable_progress_bar"),
     ("trainer", "accelerator"),
     ("trainer", "devices"),

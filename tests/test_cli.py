@@ -15,17 +15,30 @@ from lightning_fair.cli import build_cli, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-CONFIGS = sorted(path for path in (REPO_ROOT / "configs").rglob("*.yaml") if path.parent.name != "report")
+CONFIGS = sorted(
+    path
+    for path in (REPO_ROOT / "configs").rglob("*.yaml")
+    if path.parent.name != "report" and path.name != "report.yaml"  # the report's own configs
+)
+CUSTOM_SETUP = """\
+dataset: {class_path: AttributeCSVDataModule, init_args: {root: /data, attributes: [a, b], sensitive: a, target: b}}
+classifier: /models/classifier.ckpt
+backbone: /models/unet
+"""
 REAL_DATASETS = {"celeba", "waterbirds"}
 CALLBACK_FRAGMENTS = sorted((REPO_ROOT / "callbacks").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda path: str(path.relative_to(REPO_ROOT / "configs")))
-def test_config_parses(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_parses(config: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     # Configs for real datasets leave `root` to the command line, as their users do; method configs name
-    # conventional paths inside the file (their evaluator copies them by interpolation).
+    # conventional paths inside the file (their evaluator copies them by interpolation). configs/custom leave
+    # the dataset, classifier and backbone to the user's setup file.
     leaves_root = config.parent.name in REAL_DATASETS and "GenerationRequests" not in config.read_text()
     real_data_root = ["--data.init_args.root", "/data"] if leaves_root else []
+    if config.parent.name == "custom":
+        (tmp_path / "setup.yaml").write_text(CUSTOM_SETUP)
+        real_data_root = ["-c", str(tmp_path / "setup.yaml")]
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "-c", str(config), *real_data_root, "--print_config"])
     assert exit_info.value.code == 0

@@ -1,0 +1,107 @@
+"""The calibration of a guidance scale: the rule, the tolerance, and Distribution Guidance's fit that uses them."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from lightning_fair.data import CelebADataModule, GenerationRequests
+from lightning_fair.methods import DistributionGuidance, HSpaceSampleGuidance
+from lightning_fair.methods.scale_search import calibration_seed, choose_scale, fd_tolerance
+
+
+def test_tolerance_is_twice_an_exact_samplers_fd() -> None:
+    assert fd_tolerance([torch.tensor([0.5, 0.5])], 256) == pytest.approx(2 * math.sqrt(0.5 / 256))
+    # the attribute of largest spread sets it: 0.3 * 0.7 * 2 = 0.42 < 0.5
+    assert fd_tolerance([torch.tensor([0.3, 0.7]), torch.tensor([0.5, 0.5])], 50) == pytest.approx(0.2)
+
+
+def test_the_least_quality_cost_within_tolerance_is_chosen() -> None:
+    scales, fid = [0.0, 1.0, 2.0, 5.0], [10.0, 11.0, 12.0, 11.5]
+    assert choose_scale(scales, [0.5, 0.09, 0.02, 0.01], fid, 0.05) == (5.0, True)
+    assert choose_scale(scales, [0.5, 0.04, 0.02, 0.01], fid, 0.05) == (1.0, True)
+    assert choose_scale(scales, [0.5, 0.3, 0.2, 0.25], fid, 0.05) == (2.0, False)  # none reached: least FD
+
+
+def fitted_guidance(
+    method_class: type, backbone: Path, classifier: Path, faces_root: Path, folder: Path
+) -> tuple[DistributionGuidance, Trainer]:
+    method = method_class(
+        str(backbone),
+        str(classifier),
+        target_distributions={"Male": [0.5, 0.5]},
+        sampler={"num_inference_steps": 3, "eta": 1.0},
+        guidance_scale=None,
+        calibration_scales=[0.0, 300.0],
+        calibration_samples=6,
+    )
+    data = GenerationRequests(
+        num_samples=4,
+        batch_size=4,
+        train_data=CelebADataModule(
+            root=str(faces_root), attributes=["Male"], sensitive="Male", image_size=32, batch_size=8
+        ),
+    )
+    trainer = Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=folder,
+    )
+    trainer.fit(method, data)
+    return method, trainer
+
+
+@pytest.mark.parametrize("method_class", [DistributionGuidance, HSpaceSampleGuidance])
+def test_fit_calibrates_the_scale_and_the_checkpoint_keeps_it(
+    method_class: type, tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp_path: Path
+) -> None:
+    method, trainer = fitted_guidance(method_class, tiny_backbone, tiny_classifier, faces_root, tmp_path)
+    search = method.scale_search
+    with (tmp_path / "guidance_scale_curve.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(row["guidance_scale"]) for row in rows] == [0.0, 300.0]
+    fd = [float(row["FD to target"]) for row in rows]
+    assert fd == pytest.approx(search.fd, abs=1e-6)
+    assert (tmp_path / "guidance_scale_curve.png").stat().st_size > 1000
+    assert search.chosen == choose_scale(search.scales, search.fd, search.fid_cls, search.tolerance)[0]
+    assert method.guidance_scales == {"Male": search.chosen}
+    assert [path.name for path in method.fit_diagnostics()] == [
+        "adp_accuracy.csv",
+        "guidance_scale_curve.png",
+        "guidance_scale_curve.csv",
+    ]
+
+    # FD at scale 0 is that of the unguided calibration samples, labelled by the classifier
+    method.guidance_scales = {"Male": 0.0}
+    with calibration_seed(method), torch.no_grad():
+        images, _ = method.sample(6)
+    share = torch.bincount(method.classifier.predict(images)[:, 0], minlength=2).float() / 6
+    assert fd[0] == pytest.approx(float(torch.linalg.vector_norm(share - 0.5)), abs=1e-6)
+
+    checkpoint = tmp_path / "calibrated.ckpt"
+    trainer.save_checkpoint(checkpoint, weights_only=True)
+    assert torch.load(checkpoint, weights_only=True)["lightning_fair"]["guidance_scale"] == search.chosen
+    restored = method_class.load_from_checkpoint(checkpoint)
+    assert restored.guidance_scales == {"Male": search.chosen}
+    given = method_class.load_from_checkpoint(checkpoint, guidance_scale=7.0)
+    assert given.guidance_scales == {"Male": 7.0}  # a number given later replaces the calibrated one
+
+
+def test_sampling_without_a_calibrated_scale_names_the_remedy(tiny_backbone: Path, tiny_classifier: Path) -> None:
+    method = DistributionGuidance(
+        str(tiny_backbone),
+        str(tiny_classifier),
+        target_distributions={"Male": [0.5, 0.5]},
+        sampler={"num_inference_steps": 3},
+        guidance_scale=None,
+    )
+    with pytest.raises(ValueError, match="guidance_scale: null and no calibrated scale: run `fit`"):
+        method.sample(2)

@@ -70,6 +70,24 @@ def test_evaluator_measures_against_the_method_target(
     assert evaluator.targets_for(cli.model) == expected
 
 
+def test_the_evaluator_is_set_from_the_command_line(tiny_classifier: Path) -> None:
+    """The top-level ``evaluator``: one option reaches it (``--trainer.callbacks.init_args`` reaches the last one)."""
+    path = str(REPO_ROOT / "configs" / "synthetic_faces" / "plain.yaml")
+    cli = build_cli(["-c", path, f"--evaluator.classifier={tiny_classifier}", "--evaluator.target=null"], run=False)
+    [evaluator] = [c for c in cli.trainer.callbacks if isinstance(c, FairnessEvaluator)]
+    assert (evaluator.classifier_reference, evaluator.sensitive, evaluator.target) == (
+        str(tiny_classifier),
+        "Male",
+        None,
+    )
+    fragment = str(REPO_ROOT / "callbacks" / "fairness_evaluator.yaml")
+    cli = build_cli(["-c", path, f"--evaluator={fragment}"], run=False)
+    [evaluator] = [c for c in cli.trainer.callbacks if isinstance(c, FairnessEvaluator)]
+    assert evaluator.classifier_reference == "synthetic_faces_classifier"
+    cli = build_cli(["-c", path, "--evaluator=null"], run=False)
+    assert not any(isinstance(c, FairnessEvaluator) for c in cli.trainer.callbacks)
+
+
 @pytest.mark.parametrize("fragment", CALLBACK_FRAGMENTS, ids=lambda path: path.name)
 def test_callback_fragment_appends(fragment: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = REPO_ROOT / "configs" / "synthetic_faces" / "classifier.yaml"

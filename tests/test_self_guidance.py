@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from safetensors.torch import save_file
 from lightning_fair.cli import build_cli, main
 from lightning_fair.data.keyed_rows import KeyedRows
 from lightning_fair.methods import PlainSampling, SelfGuidance
+from lightning_fair.methods.scale_search import choose_scale, fd_tolerance
 from lightning_fair.methods.self_guidance import TimmFeatures, fit_clusters, solve_cluster_weights
 from lightning_fair.methods.self_guidance.clusters import (
     assign_clusters,
@@ -231,3 +233,24 @@ def test_lora_on_layers_the_unet_lacks_is_one_clear_error(tiny_backbone: Path) -
         ValueError, match=r"Option 'lora_target_modules': \['qkv'\] name no layer of the backbone's UNet"
     ):
         SelfGuidance(str(tiny_backbone), lora_rank=2, lora_target_modules=["to_q", "qkv"])
+
+
+def test_fit_calibrates_the_cfg_scale_toward_the_target(
+    self_guidance_config: Callable, tiny_classifier: Path, tmp_path: Path
+) -> None:
+    calibration = """classifier: {classifier}
+            target_distributions: {{Male: [0.5, 0.5]}}
+            calibration_scales: [1.0, 3.0]
+            calibration_samples: 4"""
+    config = self_guidance_config(model=calibration.format(classifier=tiny_classifier))
+    main(["fit", "-c", str(config)])
+    [run] = (tmp_path / "logs" / "self_guidance").glob("version_*")
+    with (run / "cfg_scale_curve.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    scales = [float(row["cfg_scale"]) for row in rows]
+    fd, fid = ([float(row[name]) for row in rows] for name in ("FD to target", "fid_cls"))
+    chosen, _ = choose_scale(scales, fd, fid, fd_tolerance([torch.tensor([0.5, 0.5])], 4))
+    assert scales == [1.0, 3.0]
+    checkpoint = tmp_path / "self_guidance" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["lightning_fair"]["cfg_scale"] == chosen
+    assert SelfGuidance.load_from_checkpoint(checkpoint).sampler.config.cfg_scale == chosen

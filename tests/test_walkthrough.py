@@ -95,9 +95,13 @@ def test_the_walkthrough_runs_from_a_csv_dataset_to_a_report(walkthrough: Path) 
         "distribution_guidance": ["--trainer.max_epochs=1", "--model.init_args.calibration_scales=[0, 50]"],
         "h_sample_guidance": ["--trainer.max_epochs=1", "--model.init_args.calibration_scales=[0, 5]"],
         "attribute_switching": ["--model.init_args.search_steps=4", "--data.init_args.calibration_samples=4"],
-        "self_guidance": ["--trainer.max_steps=2", "--model.init_args.num_clusters=2"],
+        "self_guidance": [
+            "--trainer.max_steps=2",
+            "--model.init_args.num_clusters=2",
+            "--model.init_args.calibration_scales=[1.0, 2.0]",
+        ],
     }
-    for name in ("distribution_guidance", "h_sample_guidance"):
+    for name in ("distribution_guidance", "h_sample_guidance", "self_guidance"):
         tiny_fits[name] += ["--model.init_args.calibration_samples=8", "--trainer.limit_val_batches=1"]
     main(
         [
@@ -121,9 +125,13 @@ def test_the_walkthrough_runs_from_a_csv_dataset_to_a_report(walkthrough: Path) 
         assert row["num_samples"] == 8
     fitted = {row["method"]: row for row in rows if row["fit"] == "fitted"}
     assert set(fitted) == {"distribution_guidance", "h_sample_guidance", "attribute_switching", "self_guidance"}
-    curve = Path(fitted["distribution_guidance"]["fit_folder"]) / "guidance_scale_curve.csv"
-    with curve.open() as handle:
-        assert [float(line["guidance_scale"]) for line in csv.DictReader(handle)] == [0.0, 50.0]
+    for name, option, scales in (
+        ("distribution_guidance", "guidance_scale", [0.0, 50.0]),
+        ("h_sample_guidance", "guidance_scale", [0.0, 5.0]),
+        ("self_guidance", "cfg_scale", [1.0, 2.0]),
+    ):
+        with (Path(fitted[name]["fit_folder"]) / f"{option}_curve.csv").open() as handle:
+            assert [float(line[option]) for line in csv.DictReader(handle)] == scales  # calibrated in the fit
 
 
 def test_custom_configs_name_only_the_users_parts(walkthrough: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,15 +15,13 @@ from torch import Tensor, nn
 
 from lightning_fair.callbacks.run_folder import run_folder
 from lightning_fair.classifiers import load_classifier
-from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.diffusion import SamplerConfig, SamplingState, Step, ddim_inversion, sample_generators
 from lightning_fair.diffusion.seeding import CONDITION_STREAM, per_sample_choice, per_sample_randn, training_generators
 from lightning_fair.methods.adp import AttributeDistributionPredictor
 from lightning_fair.methods.base import DebiasingMethod
 from lightning_fair.methods.conditions import Prompts
-from lightning_fair.methods.scale_search import DEFAULT_SCALES, ScaleSearch, search_scale
+from lightning_fair.methods.scale_search import DEFAULT_SCALES, ScaleSearch, calibrate, fit_ends_here
 from lightning_fair.metrics import GroupedAccuracy, validate_distribution
-from lightning_fair.metrics.quality import reference_features
 from lightning_fair.utils.distributed import sum_over_processes
 from lightning_fair.utils.files import write_csv_atomically
 from lightning_fair.utils.options import check_ranges
@@ -324,55 +322,17 @@ class HSpaceGuidance(DebiasingMethod):
 
     def on_train_epoch_end(self) -> None:
         """At the end of the last epoch, calibrates ``guidance_scale`` when it is ``None`` (see the class docstring)."""
-        trainer = self.trainer
-        last = (
-            trainer.max_epochs is not None and trainer.max_epochs > 0 and self.current_epoch + 1 >= trainer.max_epochs
-        ) or (trainer.max_steps > 0 and self.global_step >= trainer.max_steps)
-        if self.hparams["guidance_scale"] is None and last:
-            self.calibrate_scale()
-
-    def calibrate_scale(self) -> ScaleSearch:
-        """Searches ``guidance_scale`` on calibration samples, keeps and logs the choice, writes the curve."""
-        options, data = self.hparams, self.image_data()
-        batch_size = options["calibration_batch_size"] or getattr(self.trainer.datamodule, "batch_size", None)
-        if data is None or batch_size is None:
-            raise ValueError(
-                "guidance_scale: null is calibrated in fit on the training images' val split and the generation "
-                "requests' batch size: give GenerationRequests(train_data=...) as the data"
-            )
-        reference = self._validation_features(data)
-        was_training = self.training
-        self.eval()
-        try:
-            search = search_scale(
+        if self.hparams["guidance_scale"] is None and fit_ends_here(self.trainer, self.current_epoch, self.global_step):
+            options = self.hparams
+            self.scale_search = calibrate(
                 self,
                 "guidance_scale",
                 lambda scale: setattr(self, "guidance_scales", dict.fromkeys(self.attributes, scale)),
                 list(options["calibration_scales"] or DEFAULT_SCALES),
                 options["calibration_samples"],
-                batch_size,
-                self.classifier,
+                options["calibration_batch_size"],
                 self.targets,
-                reference,
             )
-        finally:
-            self.train(was_training)
-        self.scale_search = search
-        self.guidance_scales = dict.fromkeys(self.attributes, search.chosen)
-        self.log("calibration/guidance_scale", search.chosen)
-        folder = run_folder(self.trainer)
-        if self.trainer.is_global_zero:
-            search.write(folder)
-        return search
-
-    def _validation_features(self, data: AttributeDataModule) -> Tensor:
-        """Classifier features of the training data's val split (cached beside the data), the same on every process."""
-        features = None
-        if self.trainer.is_global_zero:
-            data.prepare_data()
-            with self.classifier.inputs_from(data.center_crop_fraction, f"the images of '{data.root}'"):
-                features = reference_features(self.classifier, data.dataset("val"), data.root / ".cache")
-        return self.trainer.strategy.broadcast(features, src=0)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Also keeps a calibrated ``guidance_scale``."""

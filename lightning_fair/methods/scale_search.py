@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
+from lightning_fair.callbacks.run_folder import run_folder
 from lightning_fair.classifiers import AttributeClassifier
 from lightning_fair.diffusion.seeding import seed_of
 from lightning_fair.metrics.feature_distance import frechet_distance
+from lightning_fair.metrics.quality import reference_features
 from lightning_fair.utils.curves import write_curve
 from lightning_fair.utils.distributed import gather_rows, sum_over_processes
 
@@ -173,3 +176,53 @@ def search_scale(
     result = ScaleSearch(option, scales, fd, fid_cls, tolerance, chosen, reached)
     (rank_zero_info if reached else rank_zero_warn)(f"{type(method).__name__}: {result.summary()}")
     return result
+
+
+def fit_ends_here(trainer: Trainer, epoch: int, global_step: int) -> bool:
+    """Whether the training epoch ending now is a fit's last, by ``max_epochs`` or ``max_steps``."""
+    by_epochs = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch + 1
+    return by_epochs or 0 < trainer.max_steps <= global_step
+
+
+def calibrate(
+    method: torch.nn.Module,
+    option: str,
+    set_scale: Callable[[float], None],
+    scales: list[float],
+    num_samples: int,
+    batch_size: int | None,
+    targets: dict[str, Tensor],
+) -> ScaleSearch:
+    """Runs :func:`search_scale` at the end of a method's ``fit``, sets and logs the choice, writes the curve.
+
+    The method's ``classifier`` labels the samples; the quality cost is measured against the val split of the
+    training images (classifier features cached beside the data); ``batch_size`` defaults to the generation
+    requests' (the one the method samples with).
+    """
+    trainer, data = method.trainer, method.image_data()
+    batch_size = batch_size or getattr(trainer.datamodule, "batch_size", None)
+    if data is None or batch_size is None:
+        raise ValueError(
+            f"{type(method).__name__} calibrates '{option}' in fit on the training images' val split and the "
+            "generation requests' batch size: give GenerationRequests(train_data=...) as the data"
+        )
+    features = None
+    if trainer.is_global_zero:
+        data.prepare_data()
+        with method.classifier.inputs_from(data.center_crop_fraction, f"the images of '{data.root}'"):
+            features = reference_features(method.classifier, data.dataset("val"), data.root / ".cache")
+    reference = trainer.strategy.broadcast(features, src=0)
+    was_training = method.training
+    method.eval()
+    try:
+        search = search_scale(
+            method, option, set_scale, scales, num_samples, batch_size, method.classifier, targets, reference
+        )
+    finally:
+        method.train(was_training)
+    set_scale(search.chosen)
+    method.log(f"calibration/{option}", search.chosen)
+    folder = run_folder(trainer)
+    if trainer.is_global_zero:
+        search.write(folder)
+    return search

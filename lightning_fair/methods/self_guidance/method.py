@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from sklearn.metrics import normalized_mutual_info_score
 from torch import Tensor, nn
 from torch.utils.data import Subset
@@ -28,6 +28,7 @@ from lightning_fair.diffusion.seeding import (
 )
 from lightning_fair.methods.base import DebiasingMethod
 from lightning_fair.methods.conditions import Prompts
+from lightning_fair.methods.scale_search import calibrate, fit_ends_here
 from lightning_fair.methods.self_guidance.clusters import (
     cluster_composition,
     cluster_frequencies,
@@ -84,6 +85,12 @@ class SelfGuidance(DebiasingMethod):
     paper's default is 2 with the ``imagen`` formula) is on the cluster: both branches of its one batched call have the
     neutral condition, one with the cluster embedding.
 
+    With ``calibration_scales``, the end of ``fit`` (its last epoch, by ``max_epochs`` or ``max_steps``) replaces the
+    sampler's ``cfg_scale`` by the one of those scales that brings the ``classifier``'s labels of
+    ``calibration_samples`` samples to ``target_distributions`` at the least quality cost (the rule of Distribution
+    Guidance's ``guidance_scale``, :func:`~lightning_fair.methods.scale_search.choose_scale`); the choice is logged,
+    the curve written as ``cfg_scale_curve.png``/``.csv`` and the scale kept in the checkpoint.
+
     Simplifications: the paper trains the whole UNet on cluster ids; here the UNet stays frozen and only the
     embedding learns the cluster condition (added to the time embedding rather than concatenated to it, which the
     frozen UNet's layers could not read).
@@ -113,6 +120,10 @@ class SelfGuidance(DebiasingMethod):
         learning_rate: AdamW learning rate after warm-up (the paper's at 32 px: 3e-4).
         weight_decay: AdamW weight decay (the paper's: 0.01).
         warmup_steps: linear warm-up steps (the paper's: 500).
+        calibration_scales: the ``cfg_scale`` values tried at the end of ``fit`` (``None``: the sampler's is kept);
+            needs ``classifier`` and ``target_distributions``.
+        calibration_samples: samples per tried scale.
+        calibration_batch_size: global batch of the calibration samples (default: the generation requests').
     """
 
     name = "self_guidance"
@@ -140,7 +151,12 @@ class SelfGuidance(DebiasingMethod):
         learning_rate: float = 3e-4,
         weight_decay: float = 0.01,
         warmup_steps: int = 500,
+        calibration_scales: list[float] | None = None,
+        calibration_samples: int = 256,
+        calibration_batch_size: int | None = None,
     ) -> None:
+        if calibration_scales is not None and (classifier is None or not target_distributions):
+            raise ValueError("Option 'calibration_scales' needs a 'classifier' and 'target_distributions' to aim for")
         if features not in ("hspace", "timm", "classifier"):
             raise ValueError(f"Option 'features' must be 'hspace', 'timm' or 'classifier', got {features!r}")
         if cluster_distribution not in ("data", "uniform", "target"):
@@ -161,6 +177,8 @@ class SelfGuidance(DebiasingMethod):
                 "feature_batch_size": feature_batch_size,
                 "learning_rate": learning_rate,
                 "labels_per_cluster": labels_per_cluster,
+                "calibration_samples": calibration_samples,
+                "calibration_batch_size": calibration_batch_size,
             },
             non_negative={"weight_decay": weight_decay, "warmup_steps": warmup_steps, "lora_rank": lora_rank},
             probability={"condition_dropout": condition_dropout},
@@ -228,8 +246,54 @@ class SelfGuidance(DebiasingMethod):
         return Path(self.clusters_file) if self.clusters_file else run_folder(self.trainer) / DEFAULT_CLUSTERS_FILE
 
     def fit_diagnostics(self) -> list[Path]:
-        """The clusters' report (sizes, NMI with the data's attributes, composition) next to ``clusters_file``."""
-        return [self.clusters_path().with_suffix(".json")]
+        """The clusters' report (sizes, NMI, composition) next to ``clusters_file``; the cfg_scale curve if searched."""
+        curve = run_folder(self.trainer) / "cfg_scale_curve"
+        searched = (
+            [] if self.hparams["calibration_scales"] is None else [curve.with_suffix(s) for s in (".png", ".csv")]
+        )
+        return [self.clusters_path().with_suffix(".json"), *searched]
+
+    def set_cfg_scale(self, scale: float) -> None:
+        """Sets the sampler's classifier-free guidance scale (and the hyperparameter reports read)."""
+        self.sampler.config.cfg_scale = scale
+        self.hparams["sampler"]["cfg_scale"] = scale
+
+    def on_train_epoch_end(self) -> None:
+        """At the end of the last epoch, calibrates ``cfg_scale`` when ``calibration_scales`` are given."""
+        options = self.hparams
+        if options["calibration_scales"] is not None and fit_ends_here(
+            self.trainer, self.current_epoch, self.global_step
+        ):
+            targets = {name: torch.tensor(values).float() for name, values in self.target_distributions.items()}
+            calibrate(
+                self,
+                "cfg_scale",
+                self.set_cfg_scale,
+                list(options["calibration_scales"]),
+                options["calibration_samples"],
+                options["calibration_batch_size"],
+                targets,
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also keeps a calibrated ``cfg_scale``."""
+        super().on_save_checkpoint(checkpoint)
+        if self.hparams["calibration_scales"] is not None:
+            checkpoint["lightning_fair"]["cfg_scale"] = self.sampler.config.cfg_scale
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Takes the checkpoint's calibrated ``cfg_scale`` when this run calibrates too (its own otherwise)."""
+        super().on_load_checkpoint(checkpoint)
+        calibrated = checkpoint["lightning_fair"].get("cfg_scale")
+        if self.hparams["calibration_scales"] is None:
+            return
+        if calibrated is None:
+            rank_zero_warn(
+                f"{self._checkpoint_name()} has no calibrated cfg_scale (its fit did not reach its last epoch): "
+                f"sampling with the sampler's cfg_scale {self.sampler.config.cfg_scale}"
+            )
+        else:
+            self.set_cfg_scale(float(calibrated))
 
     def on_fit_start(self) -> None:
         """Reads the clusters file, or extracts features, clusters them and writes it; keeps their frequencies."""

@@ -94,10 +94,10 @@ class LightningFairCLI(LightningCLI):
         }
         dataset, data = config.get("dataset"), config.get("data") or {}
         readers = [data, data.get("init_args", {}).get("train_data"), evaluator.get("init_args", {}).get("reference")]
-        if dataset is not None and dataset not in readers:
+        if dataset is not None and _data_identity(dataset) not in [_data_identity(reader) for reader in readers]:
             raise ValueError(
                 "Option 'dataset' is set but neither data, data.init_args.train_data nor "
-                "evaluator.init_args.reference is ${dataset}: this config does not read it"
+                "evaluator.init_args.reference reads it (its class and root): this config does not follow 'dataset'"
             )
         for option, places in uses.items():
             value = config.get(option)
@@ -158,6 +158,13 @@ class LightningFairCLI(LightningCLI):
             read_checkpoint(path, "--ckpt_path")
 
     before_fit = before_validate = before_test = before_predict = _check_ckpt_path
+
+
+def _data_identity(data: Any) -> tuple[Any, Any] | None:
+    """The class and root of a DataModule's options (what makes two of them read the same images)."""
+    if not data or not hasattr(data, "get"):
+        return None
+    return data.get("class_path"), (data.get("init_args") or {}).get("root")
 
 
 def build_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:

@@ -80,6 +80,7 @@ def write_dataset(root: Path, train: int, val: int, test: int, seed: int = 0) ->
 
 
 def main() -> None:
+    """Parses the command line and writes the dataset."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path, help="the dataset folder to write")
     parser.add_argument("--train", type=int, default=6000)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from config_files import command_configs
 
 from lightning_fair.callbacks import FairnessEvaluator
 from lightning_fair.classifiers import load_classifier
@@ -15,11 +16,7 @@ from lightning_fair.cli import build_cli, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-CONFIGS = sorted(
-    path
-    for path in (REPO_ROOT / "configs").rglob("*.yaml")
-    if path.parent.name != "report" and path.name != "report.yaml"  # the report's own configs
-)
+CONFIGS = command_configs()
 CUSTOM_SETUP = """\
 dataset: {class_path: AttributeCSVDataModule, init_args: {root: /data, attributes: [a, b], sensitive: a, target: b}}
 classifier: /models/classifier.ckpt

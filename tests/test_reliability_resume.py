@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from config_files import command_configs
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -31,7 +32,7 @@ from lightning_fair.data import CelebADataModule
 from lightning_fair.methods import DiffusionPretraining
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(path for path in (REPO_ROOT / "configs").rglob("*.yaml") if path.parent.name != "report")
+CONFIGS = command_configs()
 METHODS = ["pretraining", "distribution_guidance", "attribute_switching", "classifier"]
 
 

@@ -16,7 +16,7 @@ from lightning_fair.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CUSTOM = REPO_ROOT / "configs" / "custom"
-METHODS = ["plain", "attribute_switching", "conditional", "distribution_guidance", "h_sample_guidance", "self_guidance"]
+METHODS = ["plain", "conditional", "distribution_guidance", "h_sample_guidance", "attribute_switching", "self_guidance"]
 
 
 def write_striped_dataset(root: Path, count: int = 96, seed: int = 0) -> None:

@@ -10,6 +10,10 @@ Run from the repository root (the configs' data folders are relative to it)::
 
     python benchmarks/fairness.py --dataset synthetic_faces --methods plain,conditional \
         --num-samples 512 --steps 25 --seed 0 --out results.json
+    python benchmarks/fairness.py --dataset custom --setup my_setup.yaml --methods plain,distribution_guidance
+
+``--setup`` gives every method the ``dataset``, ``classifier`` and ``backbone`` of a setup file (the one of the
+README's "Your own model and data", for the configs of ``configs/custom``).
 
 Prints a Markdown table and writes a JSON list of rows with ``method``, ``fd``, ``fd_l1``, ``fd_kl``,
 ``proportions`` (of the sensitive attribute), ``fd_by_attribute`` (with the evaluator's ``extra_targets``),
@@ -32,7 +36,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lightning_fair.report import MethodRun, Protocol, markdown_table, run_method
+import yaml
+
+from lightning_fair.report import MethodRun, Protocol, SharedParts, markdown_table, run_method
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_METHOD = "plain"
@@ -56,6 +62,17 @@ def method_config(dataset: str, method: str, configs: dict[str, str]) -> Path:
         available = sorted(p.stem for p in (REPO_ROOT / "configs" / dataset).glob("*.yaml"))
         raise SystemExit(f"No config for method {method!r} at {path} (configs of {dataset!r}: {available})")
     return path
+
+
+def shared_parts(setup: str | None) -> SharedParts:
+    """The ``dataset``, ``classifier`` and ``backbone`` of a setup file (none without one)."""
+    if setup is None:
+        return SharedParts()
+    path = Path(setup)
+    options = yaml.safe_load(path.read_text()) if path.is_file() else None
+    if not isinstance(options, dict) or not set(options) <= {"dataset", "classifier", "backbone"}:
+        raise SystemExit(f"--setup expects a YAML file of dataset, classifier and backbone, got {setup!r}")
+    return SharedParts(options.get("backbone"), options.get("classifier"), options.get("dataset"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,6 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["independent", "balanced"],
         default=None,
         help="every method's per-sample class draws (default: each config's)",
+    )
+    parser.add_argument(
+        "--setup", default=None, help="YAML file of the dataset, classifier and backbone every method follows"
     )
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
     parser.add_argument("--log-dir", default="logs/benchmarks", help="where each method's run folder goes")
@@ -122,7 +142,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         )
         for method in methods
     ]
-    rows = [run_method(run, protocol, options.log_dir, options.dataset) for run in runs]
+    shared = shared_parts(options.setup)
+    rows = [run_method(run, protocol, options.log_dir, options.dataset, shared=shared) for run in runs]
     reference_seconds = rows[0]["seconds"]
     for row in rows:
         row["time_ratio"] = row["seconds"] / reference_seconds

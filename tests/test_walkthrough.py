@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import textwrap
 from collections.abc import Callable
@@ -158,3 +159,19 @@ def test_a_shared_option_the_config_does_not_follow_is_refused(tiny_backbone: Pa
     line = cli_error(["test", "-c", str(config), f"--backbone={tiny_backbone}"])
     assert line.startswith(f"error: Option 'backbone' is '{tiny_backbone}' but model.init_args.backbone is ")
     assert "this config does not follow 'backbone'" in line
+
+
+def test_the_fairness_benchmark_reads_the_setup_file(walkthrough: Path) -> None:
+    spec = importlib.util.spec_from_file_location("fairness", REPO_ROOT / "benchmarks" / "fairness.py")
+    fairness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fairness)
+    shared = fairness.shared_parts(str(setup_file(walkthrough, "my/classifier.ckpt", "my/unet")))
+    assert (shared.backbone, shared.classifier, shared.dataset["init_args"]["sensitive"]) == (
+        "my/unet",
+        "my/classifier.ckpt",
+        "stripes",
+    )
+    assert "--classifier=my/classifier.ckpt" in shared.overrides()
+    (walkthrough / "other.yaml").write_text("model: {class_path: PlainSampling}\n")
+    with pytest.raises(SystemExit, match="--setup expects a YAML file of dataset, classifier and backbone"):
+        fairness.shared_parts(str(walkthrough / "other.yaml"))

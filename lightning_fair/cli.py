@@ -24,9 +24,9 @@ import lightning_fair.data
 import lightning_fair.methods
 from lightning_fair.callbacks import FairnessEvaluator
 from lightning_fair.callbacks.progress_log import ProgressLog
-from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.models import read_checkpoint
 from lightning_fair.utils.preemption import TERMINATED_EXIT_STATUS
+from lightning_fair.utils.shared_options import add_shared_arguments
 
 CONFIGURATION_ERROR = 2  # exit status of a run refused for what it was given (as for a command-line error)
 SPECIAL_CHECKPOINTS = ("last", "best", "hpc", "registry")
@@ -57,25 +57,7 @@ class LightningFairCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """The shared top-level options (see the class docstring)."""
-        parser.add_argument(
-            "--backbone",
-            type=str | None,
-            default=None,
-            help="the diffusion model every part of the run uses (configs refer to it as ${backbone})",
-        )
-        parser.add_argument(
-            "--classifier",
-            type=str | None,
-            default=None,
-            help="the attribute classifier every part of the run uses: evaluator, pseudo-labels (${classifier})",
-        )
-        parser.add_subclass_arguments(
-            AttributeDataModule,
-            "dataset",
-            required=False,
-            instantiate=False,
-            help="the image data every part of the run reads: training, reference, calibration (${dataset})",
-        )
+        add_shared_arguments(parser, "every part of the run (configs refer to it as ${backbone}, ...)")
         parser.add_lightning_class_args(FairnessEvaluator, "evaluator", subclass_mode=True, required=False)
 
     def before_instantiate_classes(self) -> None:

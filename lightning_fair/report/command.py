@@ -9,10 +9,10 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lightning_fair.callbacks import FairnessEvaluator
-from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.methods import method_registry
 from lightning_fair.report.document import write_report
 from lightning_fair.report.runs import MethodRun, Protocol, SharedParts, run_method
+from lightning_fair.utils.shared_options import add_shared_arguments
 
 REFERENCE_METHOD = "plain"
 
@@ -36,22 +36,7 @@ def report_parser() -> ArgumentParser:
     parser.add_argument(
         "--checkpoints", type=dict[str, str], default={}, help="label: checkpoint or fit folder to test"
     )
-    parser.add_argument(
-        "--backbone", type=str | None, default=None, help="every method's backbone (default: each config's)"
-    )
-    parser.add_argument(
-        "--classifier",
-        type=str | None,
-        default=None,
-        help="every method's classifier, for configs that follow the top-level `classifier` (configs/custom)",
-    )
-    parser.add_subclass_arguments(
-        AttributeDataModule,
-        "dataset",
-        required=False,
-        instantiate=False,
-        help="every method's image data, for configs that follow the top-level `dataset` (configs/custom)",
-    )
+    add_shared_arguments(parser, "every method, for configs that follow it (default: each config's own)")
     parser.add_argument(
         "--evaluator",
         type=FairnessEvaluator | None,

@@ -11,7 +11,7 @@ import torch
 
 from lightning_fair.classifiers import AttributeClassifier
 from lightning_fair.cli import main
-from lightning_fair.data import SyntheticFaces, SyntheticWaterbirds
+from lightning_fair.data import CelebADataModule, GenerationRequests, SyntheticFaces, SyntheticWaterbirds
 from lightning_fair.methods import DiffusionPretraining
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +23,18 @@ def faces_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data") / "faces"
     SyntheticFaces(num_images=300, seed=3).write(root)
     return root
+
+
+@pytest.fixture
+def faces_requests(faces_root: Path) -> GenerationRequests:
+    """Four generation requests whose ``fit`` reads the tiny faces (``Male`` only, batches of 8)."""
+    return GenerationRequests(
+        num_samples=4,
+        batch_size=4,
+        train_data=CelebADataModule(
+            root=str(faces_root), attributes=["Male"], sensitive="Male", image_size=32, batch_size=8
+        ),
+    )
 
 
 @pytest.fixture(scope="session")

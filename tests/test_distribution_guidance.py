@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch import Trainer
 from PIL import Image
 
-from lightning_fair.data import CelebADataModule, GenerationRequests
+from lightning_fair.data import GenerationRequests
 from lightning_fair.diffusion import SamplingState
 from lightning_fair.methods import (
     AttributeDistributionPredictor,
@@ -144,7 +144,7 @@ def test_sample_guidance_pushes_each_sample_to_its_class(tiny_backbone: Path, ti
 
 
 def test_fit_trains_only_the_predictors_on_pseudo_labels(
-    tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp_path: Path
+    tiny_backbone: Path, tiny_classifier: Path, faces_requests: GenerationRequests, tmp_path: Path
 ) -> None:
     method = guidance(tiny_backbone, tiny_classifier)
     frozen = {name: p.clone() for name, p in method.named_parameters() if not name.startswith("predictors.")}
@@ -153,13 +153,7 @@ def test_fit_trains_only_the_predictors_on_pseudo_labels(
     expected = method.classifier.predict(images)[:, 0]
     assert torch.equal(method.pseudo_labels(images)["Male"], expected)
 
-    data = GenerationRequests(
-        num_samples=4,
-        batch_size=4,
-        train_data=CelebADataModule(
-            root=str(faces_root), attributes=["Male"], sensitive="Male", image_size=32, batch_size=8
-        ),
-    )
+    data = faces_requests
     trainer = Trainer(
         max_steps=3, limit_val_batches=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path
     )

@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from lightning_fair.data import CelebADataModule, GenerationRequests
+from lightning_fair.data import GenerationRequests
 from lightning_fair.methods import DistributionGuidance, HSpaceSampleGuidance
 from lightning_fair.methods.scale_search import calibration_seed, choose_scale, fd_tolerance
 
@@ -29,7 +29,7 @@ def test_the_least_quality_cost_within_tolerance_is_chosen() -> None:
 
 
 def fitted_guidance(
-    method_class: type, backbone: Path, classifier: Path, faces_root: Path, folder: Path
+    method_class: type, backbone: Path, classifier: Path, data: GenerationRequests, folder: Path
 ) -> tuple[DistributionGuidance, Trainer]:
     method = method_class(
         str(backbone),
@@ -39,13 +39,6 @@ def fitted_guidance(
         guidance_scale=None,
         calibration_scales=[0.0, 300.0],
         calibration_samples=6,
-    )
-    data = GenerationRequests(
-        num_samples=4,
-        batch_size=4,
-        train_data=CelebADataModule(
-            root=str(faces_root), attributes=["Male"], sensitive="Male", image_size=32, batch_size=8
-        ),
     )
     trainer = Trainer(
         max_epochs=1,
@@ -61,9 +54,9 @@ def fitted_guidance(
 
 @pytest.mark.parametrize("method_class", [DistributionGuidance, HSpaceSampleGuidance])
 def test_fit_calibrates_the_scale_and_the_checkpoint_keeps_it(
-    method_class: type, tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp_path: Path
+    method_class: type, tiny_backbone: Path, tiny_classifier: Path, faces_requests: GenerationRequests, tmp_path: Path
 ) -> None:
-    method, trainer = fitted_guidance(method_class, tiny_backbone, tiny_classifier, faces_root, tmp_path)
+    method, trainer = fitted_guidance(method_class, tiny_backbone, tiny_classifier, faces_requests, tmp_path)
     search = method.scale_search
     with (tmp_path / "guidance_scale_curve.csv").open() as handle:
         rows = list(csv.DictReader(handle))

@@ -9,7 +9,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics.utilities.distributed import gather_all_tensors
 from torchvision.utils import save_image
 
-from lightning_fair.callbacks.run_folder import run_folder
+from lightning_fair.utils.run_folder import run_folder
 from lightning_fair.utils.files import replace_atomically
 
 

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_fair.backbones import Condition
-from lightning_fair.callbacks.run_folder import run_folder
+from lightning_fair.utils.run_folder import run_folder
 from lightning_fair.diffusion import (
     SamplerConfig,
     SamplingState,

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_fair.callbacks.run_folder import run_folder
+from lightning_fair.utils.run_folder import run_folder
 from lightning_fair.classifiers import load_classifier
 from lightning_fair.diffusion import SamplerConfig, SamplingState, Step, ddim_inversion, sample_generators
 from lightning_fair.diffusion.seeding import CONDITION_STREAM, per_sample_choice, per_sample_randn, training_generators

@@ -13,7 +13,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from lightning_fair.callbacks.run_folder import run_folder
+from lightning_fair.utils.run_folder import run_folder
 from lightning_fair.classifiers import AttributeClassifier
 from lightning_fair.diffusion.seeding import seed_of
 from lightning_fair.metrics.feature_distance import frechet_distance

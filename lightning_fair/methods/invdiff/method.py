@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from lightning_fair.callbacks.run_folder import run_folder
+from lightning_fair.utils.run_folder import run_folder
 from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.data.dataset import AttributeImageDataset
 from lightning_fair.data.keyed_rows import KeyedRows, split_fingerprint

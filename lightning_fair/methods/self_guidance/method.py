@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import Subset
 
 from lightning_fair.backbones import AdapterInputs
-from lightning_fair.callbacks.run_folder import run_folder
+from lightning_fair.utils.run_folder import run_folder
 from lightning_fair.classifiers import load_classifier
 from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.data.dataset import AttributeImageDataset

@@ -11,12 +11,12 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lightning_fair.utils.run_folder import run_folder
 from lightning_fair.classifiers import load_classifier
 from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.metrics import FairnessResult, FairnessSuite, validate_distribution
 from lightning_fair.metrics.quality import reference_features
 from lightning_fair.utils.files import write_text_atomically
+from lightning_fair.utils.run_folder import run_folder
 
 
 class FairnessEvaluator(Callback):

@@ -9,8 +9,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics.utilities.distributed import gather_all_tensors
 from torchvision.utils import save_image
 
-from lightning_fair.utils.run_folder import run_folder
 from lightning_fair.utils.files import replace_atomically
+from lightning_fair.utils.run_folder import run_folder
 
 
 class SampleGrid(Callback):

@@ -13,7 +13,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_fair.backbones import Condition
-from lightning_fair.utils.run_folder import run_folder
 from lightning_fair.diffusion import (
     SamplerConfig,
     SamplingState,
@@ -29,6 +28,7 @@ from lightning_fair.methods.conditions import Prompts
 from lightning_fair.metrics import validate_distribution
 from lightning_fair.utils.curves import write_curve
 from lightning_fair.utils.distributed import sum_over_processes
+from lightning_fair.utils.run_folder import run_folder
 
 CURVE_FILE = "tau_curve"
 

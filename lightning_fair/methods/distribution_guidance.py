@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_fair.utils.run_folder import run_folder
 from lightning_fair.classifiers import load_classifier
 from lightning_fair.diffusion import SamplerConfig, SamplingState, Step, ddim_inversion, sample_generators
 from lightning_fair.diffusion.seeding import CONDITION_STREAM, per_sample_choice, per_sample_randn, training_generators
@@ -25,6 +24,7 @@ from lightning_fair.metrics import GroupedAccuracy, validate_distribution
 from lightning_fair.utils.distributed import sum_over_processes
 from lightning_fair.utils.files import write_csv_atomically
 from lightning_fair.utils.options import check_ranges
+from lightning_fair.utils.run_folder import run_folder
 
 ACCURACY_FILE = "adp_accuracy.csv"
 SCALE_CURVE, CURVE = "guidance_scale_curve", ("png", "csv")

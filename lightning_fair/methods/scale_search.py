@@ -13,13 +13,13 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from lightning_fair.utils.run_folder import run_folder
 from lightning_fair.classifiers import AttributeClassifier
 from lightning_fair.diffusion.seeding import seed_of
 from lightning_fair.metrics.feature_distance import frechet_distance
 from lightning_fair.metrics.quality import reference_features
 from lightning_fair.utils.curves import write_curve
 from lightning_fair.utils.distributed import gather_rows, sum_over_processes
+from lightning_fair.utils.run_folder import run_folder
 
 CALIBRATION_STREAM = 6  # the calibration samples' seed: unrelated to every sample the run is evaluated on
 DEFAULT_SCALES = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from lightning_fair.utils.run_folder import run_folder
 from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.data.dataset import AttributeImageDataset
 from lightning_fair.data.keyed_rows import KeyedRows, split_fingerprint
@@ -33,6 +32,7 @@ from lightning_fair.methods.invdiff.objective import check_delta_ratio, group_in
 from lightning_fair.methods.plain import ConditionalSampling
 from lightning_fair.utils.files import write_text_atomically
 from lightning_fair.utils.options import check_ranges
+from lightning_fair.utils.run_folder import run_folder
 
 GROUPS_SPLIT = "train"
 GROUPS_KIND = "groups"

@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from torch.utils.data import Subset
 
 from lightning_fair.backbones import AdapterInputs
-from lightning_fair.utils.run_folder import run_folder
 from lightning_fair.classifiers import load_classifier
 from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.data.dataset import AttributeImageDataset
@@ -41,6 +40,7 @@ from lightning_fair.methods.self_guidance.lora import LORA_TARGETS, add_lora
 from lightning_fair.metrics import validate_distribution
 from lightning_fair.utils.files import write_text_atomically
 from lightning_fair.utils.options import check_ranges
+from lightning_fair.utils.run_folder import run_folder
 
 CLUSTERS_SPLIT = "train"
 CLUSTERS_KIND = "clusters"

@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-FACES_CLASSIFIER := configs/synthetic_faces/classifier.yaml
+FACES_CLASSIFIER := -c configs/setups/synthetic_faces.yaml -c configs/training/classifier.yaml
 
 .PHONY: install demo report classifier test test-all lint clean
 
@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 
 ## demo: plain sampling of the shipped SyntheticFaces UNet, labelled by the shipped classifier: how biased is it?
 demo: install
-	$(BIN)/lightning-fair test -c configs/synthetic_faces/plain.yaml
+	$(BIN)/lightning-fair test -c configs/setups/synthetic_faces.yaml -c configs/methods/plain.yaml
 
 ## report: every method on the embedded SyntheticFaces, one protocol, one evaluator: report/report.html and more.
 report: install
@@ -23,8 +23,8 @@ report: install
 
 ## classifier: write the embedded SyntheticFaces data, train the attribute classifier on it, test it.
 classifier: install
-	$(BIN)/lightning-fair fit -c $(FACES_CLASSIFIER)
-	$(BIN)/lightning-fair test -c $(FACES_CLASSIFIER) \
+	$(BIN)/lightning-fair fit $(FACES_CLASSIFIER)
+	$(BIN)/lightning-fair test $(FACES_CLASSIFIER) \
 		--ckpt_path logs/synthetic_faces/classifier/checkpoints/best.ckpt
 
 ## test: the fast test suite (the one CI runs) and the linter.

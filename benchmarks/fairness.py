@@ -1,19 +1,17 @@
 r"""Fairness benchmark: every listed method on the same requests, classifier and metrics, in one run.
 
-Each method runs from its config ``configs/<dataset>/<method>.yaml`` (or one given with ``--config``, under any
-label) with the run's sample count, step count and seed, plus its ``--override`` arguments. A method that needs
+Each method runs on the setup ``--setup`` (data, backbone, classifier, evaluator) with its config
+``configs/methods/<method>.yaml`` (or one given with ``--config``, under any label), the run's sample count, step
+count and seed, plus its ``--override`` arguments. A method that needs
 ``fit`` (it trains a module or calibrates) takes its checkpoint from ``--ckpt METHOD=PATH`` or is fitted first
 with its config. ``plain`` always runs: the ``time_ratio`` of every row is its sampling time over plain's in the
 same run.
 
 Run from the repository root (the configs' data folders are relative to it)::
 
-    python benchmarks/fairness.py --dataset synthetic_faces --methods plain,conditional \
+    python benchmarks/fairness.py --setup configs/setups/synthetic_faces.yaml --methods plain,conditional \
         --num-samples 512 --steps 25 --seed 0 --out results.json
-    python benchmarks/fairness.py --dataset custom --setup my_setup.yaml --methods plain,distribution_guidance
-
-``--setup`` gives every method the ``dataset``, ``classifier`` and ``backbone`` of a setup file (the one of the
-README's "Your own model and data", for the configs of ``configs/custom``).
+    python benchmarks/fairness.py --setup configs/setups/shapes.yaml --methods plain,distribution_guidance
 
 Prints a Markdown table and writes a JSON list of rows with ``method``, ``fd``, ``fd_l1``, ``fd_kl``,
 ``proportions`` (of the sensitive attribute), ``fd_by_attribute`` (with the evaluator's ``extra_targets``),
@@ -23,7 +21,7 @@ values within the classes a method requested, per conditioning attribute: InvDif
 requests one), ``seconds`` (time spent generating, evaluation excluded; the fastest of ``--repeats`` runs),
 ``run_seconds`` (every run), ``time_ratio``, ``fit`` (``none``, ``fitted``, ``reused`` or ``given``),
 ``fit_seconds``, ``trainable_parameters``, ``checkpoint`` (the given one, or the end of the fit in
-``<log-dir>/<dataset>/<method>/fit-<key>``, ``key`` a hash of everything in the config a fit depends on: a later run
+``<log-dir>/<setup>/<method>/fit-<key>``, ``key`` a hash of everything in the config a fit depends on: a later run
 with the same key reuses the finished fit or resumes an interrupted one; a benchmark never writes into the config's
 own checkpoint folder). The runs themselves are
 ``lightning_fair.report.run_method``.
@@ -36,9 +34,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from lightning_fair.report import MethodRun, Protocol, SharedParts, markdown_table, run_method
+from lightning_fair.report import MethodRun, Protocol, markdown_table, run_method
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_METHOD = "plain"
@@ -55,30 +51,22 @@ def parse_pairs(pairs: list[str], option: str) -> dict[str, str]:
     return parsed
 
 
-def method_config(dataset: str, method: str, configs: dict[str, str]) -> Path:
-    """The config of ``method``: given with ``--config`` or ``configs/<dataset>/<method>.yaml``."""
-    path = Path(configs[method]) if method in configs else REPO_ROOT / "configs" / dataset / f"{method}.yaml"
+def method_config(method: str, configs: dict[str, str]) -> Path:
+    """The config of ``method``: given with ``--config`` or ``configs/methods/<method>.yaml``."""
+    folder = REPO_ROOT / "configs" / "methods"
+    path = Path(configs[method]) if method in configs else folder / f"{method}.yaml"
     if not path.is_file():
-        available = sorted(p.stem for p in (REPO_ROOT / "configs" / dataset).glob("*.yaml"))
-        raise SystemExit(f"No config for method {method!r} at {path} (configs of {dataset!r}: {available})")
+        available = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise SystemExit(f"No config for method {method!r} at {path} (configs/methods has {available})")
     return path
-
-
-def shared_parts(setup: str | None) -> SharedParts:
-    """The ``dataset``, ``classifier`` and ``backbone`` of a setup file (none without one)."""
-    if setup is None:
-        return SharedParts()
-    path = Path(setup)
-    options = yaml.safe_load(path.read_text()) if path.is_file() else None
-    if not isinstance(options, dict) or not set(options) <= {"dataset", "classifier", "backbone"}:
-        raise SystemExit(f"--setup expects a YAML file of dataset, classifier and backbone, got {setup!r}")
-    return SharedParts(options.get("backbone"), options.get("classifier"), options.get("dataset"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The benchmark's options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="synthetic_faces", help="folder of configs/ holding the method configs")
+    parser.add_argument(
+        "--setup", default="configs/setups/synthetic_faces.yaml", help="the setup config every method runs on"
+    )
     parser.add_argument("--methods", default="plain", help="comma-separated method names (plain always runs)")
     parser.add_argument("--num-samples", type=int, default=512)
     parser.add_argument("--steps", type=int, default=25, help="denoising steps")
@@ -99,9 +87,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["independent", "balanced"],
         default=None,
         help="every method's per-sample class draws (default: each config's)",
-    )
-    parser.add_argument(
-        "--setup", default=None, help="YAML file of the dataset, classifier and backbone every method follows"
     )
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
     parser.add_argument("--log-dir", default="logs/benchmarks", help="where each method's run folder goes")
@@ -136,14 +121,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         options.accelerator,
         options.condition_draw,
     )
+    setup = Path(options.setup)
+    if not setup.is_file():
+        raise SystemExit(f"--setup: no setup config at {setup}")
     runs = [
-        MethodRun(
-            method, method_config(options.dataset, method, configs), tuple(extras[method]), checkpoints.get(method)
-        )
+        MethodRun(method, setup, method_config(method, configs), tuple(extras[method]), checkpoints.get(method))
         for method in methods
     ]
-    shared = shared_parts(options.setup)
-    rows = [run_method(run, protocol, options.log_dir, options.dataset, shared=shared) for run in runs]
+    rows = [run_method(run, protocol, options.log_dir, setup.stem)[0] for run in runs]
     reference_seconds = rows[0]["seconds"]
     for row in rows:
         row["time_ratio"] = row["seconds"] / reference_seconds

@@ -1,6 +1,6 @@
 """Entry point for ``python -m lightning_fair``."""
 
-from lightning_fair.cli import main
+from lightning_fair.main import main
 
 if __name__ == "__main__":
     main()

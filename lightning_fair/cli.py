@@ -1,37 +1,31 @@
-"""The ``lightning-fair`` command line (LightningCLI): ``fit``, ``validate``, ``test``, ``predict``."""
+"""The LightningCLI of ``lightning-fair fit|validate|test|predict``: setup x method configs, shared options."""
 
 from __future__ import annotations
 
-import os
-import re
 import sys
-from pathlib import Path
 from typing import Any
 
-import jsonargparse
-from jsonargparse import Namespace, set_parsing_settings
+from jsonargparse import ArgumentParser, Namespace, set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 import lightning_fair  # the submodule imports below register the classes for short names in configs
 import lightning_fair.callbacks
 import lightning_fair.classifiers
 import lightning_fair.data
 import lightning_fair.methods
+import lightning_fair.pretraining
 from lightning_fair.callbacks import FairnessEvaluator
 from lightning_fair.callbacks.progress_log import ProgressLog
+from lightning_fair.data.base import AttributeDataModule
+from lightning_fair.method_settings import with_method_settings
+from lightning_fair.methods import Prompts
 from lightning_fair.models import read_checkpoint
-from lightning_fair.utils.preemption import TERMINATED_EXIT_STATUS
-from lightning_fair.utils.shared_options import add_shared_arguments
+from lightning_fair.utils.distributed import DDP_START_METHODS, CalibrationAwareDDPStrategy
 
-CONFIGURATION_ERROR = 2  # exit status of a run refused for what it was given (as for a command-line error)
 SPECIAL_CHECKPOINTS = ("last", "best", "hpc", "registry")
-PACKAGE_DIR = Path(lightning_fair.__file__).resolve().parent
-JSONARGPARSE_DIR = Path(jsonargparse.__file__).resolve().parent
 
 
 class LightningFairCLI(LightningCLI):
@@ -47,22 +41,44 @@ class LightningFairCLI(LightningCLI):
     set. When standard output is not a terminal (SLURM, ``nohup``), progress is logged as lines
     (:class:`~lightning_fair.callbacks.progress_log.ProgressLog`) instead of Lightning's default bar.
 
-    Four top-level options name what several parts of a run share, so that a config states each once and the parts
-    interpolate it (``${backbone}``, ``${dataset.init_args.sensitive}``; see ``configs/custom``): ``backbone``,
-    ``classifier``, ``dataset`` (the user's image DataModule, not instantiated by itself) and ``evaluator`` (the
-    :class:`~lightning_fair.callbacks.FairnessEvaluator`, added to the trainer's callbacks, set from the command
-    line as ``--evaluator.classifier``). A shared option that is set but that the config's parts do not follow is
-    refused, so that a run never silently uses another model or classifier than the one given.
+    A run combines a setup and a method config (``-c configs/setups/<setup>.yaml -c configs/methods/<method>.yaml``).
+    Top-level options name what the parts of a run share, so that a setup states each once and the method config
+    interpolates it (``${backbone}``, ``${dataset.init_args.sensitive}``): ``backbone``, ``classifier``, ``dataset``
+    (an image DataModule, not instantiated by itself), ``prompts`` (of a text-to-image backbone), ``evaluator`` (the
+    :class:`~lightning_fair.callbacks.FairnessEvaluator`, added to the trainer's callbacks, set from the command line
+    as ``--evaluator.classifier``), ``name`` (the run's name, set by the method config) and ``method_settings`` (the
+    setup's values for each method, see :mod:`lightning_fair.method_settings`). A shared option that is set but that
+    the config's parts do not follow is refused, so that a run never silently uses another model or classifier than
+    the one given.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """The shared top-level options (see the class docstring)."""
         add_shared_arguments(parser, "every part of the run (configs refer to it as ${backbone}, ...)")
+        parser.add_argument("--prompts", type=Prompts | None, default=None, help="the prompts of a text-to-image model")
+        parser.add_argument(
+            "--name", type=str, default="run", help="the run's name: its folder, its key in method_settings"
+        )
+        parser.add_argument(
+            "--method_settings",
+            type=dict[str, dict[str, Any]] | None,
+            default=None,
+            help="the setup's settings of each method, by name (applied after the method's config)",
+        )
         parser.add_lightning_class_args(FairnessEvaluator, "evaluator", subclass_mode=True, required=False)
 
     def before_instantiate_classes(self) -> None:
-        """Refuses a shared option that the parts it names do not follow (see the class docstring)."""
+        """Refuses a shared option that the parts it names do not follow; Lightning's DDP names run the framework's.
+
+        ``--trainer.strategy ddp`` (and ``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``) runs
+        :class:`~lightning_fair.utils.distributed.CalibrationAwareDDPStrategy` with the same start method, so that a
+        training-free method's ``fit`` runs on many processes; Lightning's own registry is left as it is.
+        """
         config = self.config.get(str(self.subcommand), self.config)
+        trainer = config.get("trainer") or {}
+        strategy = trainer.get("strategy")
+        if isinstance(strategy, str) and strategy in DDP_START_METHODS:
+            trainer["strategy"] = CalibrationAwareDDPStrategy(start_method=DDP_START_METHODS[strategy])
         model, evaluator = config.get("model") or {}, config.get("evaluator") or {}
         uses = {
             "backbone": [("model.init_args.backbone", model.get("init_args", {}).get("backbone"))],
@@ -156,6 +172,8 @@ def build_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
     the package's own classes, by class name. With ``run=False`` there is no subcommand: the config is
     parsed and the trainer, model and datamodule are instantiated for the caller to drive.
     """
+    if args is None or isinstance(args, list):
+        args = with_method_settings(list(sys.argv[1:] if args is None else args))
     # Interpolations (``${model.init_args.target_distributions.Male}``) are resolved after the command-line
     # overrides (``omegaconf+``), and written from the config's root whatever the subcommand.
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
@@ -175,73 +193,15 @@ def build_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
     )
 
 
-def main(args: ArgsType = None) -> None:
-    """Runs the command line; ``args`` replaces ``sys.argv[1:]`` (used by in-process tests).
+def add_shared_arguments(parser: ArgumentParser, whose: str) -> None:
+    """Adds ``--backbone``, ``--classifier`` and ``--dataset`` (not instantiated), each ``None`` by default.
 
-    ``report`` (``lightning-fair report -c report.yaml``) runs every method on one protocol and writes a report
-    (see :mod:`lightning_fair.report.command`); the other subcommands are Lightning's.
-
-    An error in what the run was given (a file, an option, an attribute) ends it with one line on standard error
-    and exit status 2 (with the environment variable ``LIGHTNING_FAIR_TRACEBACK=1``, with its traceback); any other
-    error keeps its traceback. A run stopped by SIGTERM (after the batch in progress,
-    everything written so far complete) ends with status 143, as a process killed by the signal would, so that a
-    stopped run is never taken for a finished one (Lightning's ``fit`` would exit with 0).
+    Args:
+        parser: the command line or report parser.
+        whose: who uses them, for the help (e.g. ``every part of the run``).
     """
-    arguments = list(sys.argv[1:] if args is None else args)
-    try:
-        if arguments[:1] == ["report"]:
-            from lightning_fair.report.command import run_report  # the report runs the CLI itself: import late
-
-            run_report(arguments[1:])
-        else:
-            build_cli(args)
-    except SIGTERMException as stop:
-        raise SystemExit(stop.code or TERMINATED_EXIT_STATUS) from None
-    except Exception as error:
-        message = configuration_error(error)
-        if message is None or os.environ.get("LIGHTNING_FAIR_TRACEBACK") == "1":
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(CONFIGURATION_ERROR) from None
-
-
-def configuration_error(error: BaseException) -> str | None:
-    """The message of an error in what the user gave, or ``None`` for anything else (a bug keeps its traceback).
-
-    Such errors are the package's own ``ValueError`` and ``OSError`` (raised where an option, file or attribute is
-    checked), also when the config parser wraps them, and the parser's interpolation errors.
-    """
-    while error is not None:
-        if isinstance(error, OmegaConfBaseException) and getattr(error, "full_key", None):
-            return _interpolation_message(error)
-        if isinstance(error, (ValueError, OSError)) and _raised_in(error, PACKAGE_DIR):
-            return str(error)
-        if not _raised_in(error, JSONARGPARSE_DIR):
-            return None
-        error = error.__cause__
-    return None
-
-
-def _raised_in(error: BaseException, folder: Path) -> bool:
-    """Whether the innermost Python frame of ``error``'s traceback is in a file under ``folder``."""
-    traceback = error.__traceback__
-    if traceback is None:
-        return False
-    while traceback.tb_next is not None:
-        traceback = traceback.tb_next
-    return Path(traceback.tb_frame.f_code.co_filename).resolve().is_relative_to(folder)
-
-
-def _interpolation_message(error: OmegaConfBaseException) -> str:
-    """``Option <key> refers to <key>, which is not set`` for an interpolation of a missing key."""
-    option = _config_key(str(error.full_key))
-    resolved = re.search(r"resolved to '([^']+)'", str(error))
-    if resolved is None:
-        return f"Option {option}: {str(error).splitlines()[0]}"
-    return f"Option {option} refers to {_config_key(resolved.group(1))}, which the config does not set"
-
-
-def _config_key(key: str) -> str:
-    """A config key without its subcommand (``test.model.init_args.seed`` -> ``model.init_args.seed``)."""
-    first, _, rest = key.partition(".")
-    return rest if first in ("fit", "validate", "test", "predict") and rest else key
+    parser.add_argument("--backbone", type=str | None, default=None, help=f"the diffusion model of {whose}")
+    parser.add_argument("--classifier", type=str | None, default=None, help=f"the attribute classifier of {whose}")
+    parser.add_subclass_arguments(
+        AttributeDataModule, "dataset", required=False, instantiate=False, help=f"the image data of {whose}"
+    )

@@ -3,7 +3,7 @@
 scikit-learn's bundled digits (1,797 real 8x8 scans, no download) make a small dataset the project has never seen:
 
     python scripts/digits_celeba.py write data/digits
-    lightning-fair fit -c configs/digits/pretrain_unet.yaml
+    lightning-fair fit -c configs/setups/digits.yaml -c configs/training/pretrain_unet.yaml
     python scripts/digits_celeba.py compare logs/digits/pretrain_unet/checkpoints/last.ckpt logs/digits/compare
 
 ``write`` upscales each digit to 32x32 RGB (white on black, bicubic) into ``img_align_celeba/NNNNNN.png``, with
@@ -92,7 +92,8 @@ def frechet_distance(first: np.ndarray, second: np.ndarray, ridge: float = 1e-3)
 def compare(checkpoint: Path, output: Path, num_samples: int, steps: int, seed: int) -> None:
     """Samples the EMA and raw weights of a DiffusionPretraining checkpoint; writes grids and prints measures."""
     from lightning_fair.diffusion import SamplerConfig
-    from lightning_fair.methods import DiffusionPretraining, PlainSampling
+    from lightning_fair.methods import PlainSampling
+    from lightning_fair.pretraining import DiffusionPretraining
 
     module = DiffusionPretraining.load_from_checkpoint(checkpoint, map_location="cpu")
     images, labels = digit_images(module.hparams["image_size"])

@@ -15,7 +15,8 @@ from lightning.pytorch import Trainer
 from lightning_fair.data import GenerationRequests
 from lightning_fair.diffusion import Step
 from lightning_fair.diffusion.seeding import NOISE_STREAM, per_sample_randn, sample_generators
-from lightning_fair.methods import AttributeSwitching, DiffusionPretraining
+from lightning_fair.methods import AttributeSwitching
+from lightning_fair.pretraining import DiffusionPretraining
 
 
 def switching(backbone: Path, **options: object) -> AttributeSwitching:

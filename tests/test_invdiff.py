@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 
 from lightning_fair.backbones import load_backbone
 from lightning_fair.classifiers import load_classifier
-from lightning_fair.cli import main
+from lightning_fair.main import main
 from lightning_fair.data import CelebADataModule
 from lightning_fair.data.dataset import AttributeImageDataset
 from lightning_fair.data.keyed_rows import KeyedRows, split_fingerprint

@@ -13,14 +13,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from test_reliability_resume import Crash
 from transformers import CLIPTokenizer
 
-import lightning_fair.methods.latent_pretraining as latent_pretraining
-from lightning_fair.cli import main
+import lightning_fair.pretraining.latent as latent_pretraining
+from lightning_fair.main import main
 from lightning_fair.data import CelebADataModule
 from lightning_fair.data.captions import CaptionWriter, caption_words
 from lightning_fair.data.vocabulary import write_tokenizer
 from lightning_fair.diffusion.seeding import training_generators
-from lightning_fair.methods import LatentDiffusionPretraining, VAEPretraining
 from lightning_fair.models import resolve_model_path
+from lightning_fair.pretraining import LatentDiffusionPretraining, VAEPretraining
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ATTRIBUTES = ["Male", "Blond_Hair", "Black_Hair", "Brown_Hair", "Eyeglasses", "Smiling", "Bangs", "Pale_Skin"]

@@ -63,7 +63,10 @@ def test_method_samples_on_both_backbones(
         again, _ = method.sample(torch.tensor([7]))
     assert images.shape == (3, 3, 32, 32)
     assert torch.isfinite(images).all()
-    assert images.abs().max() <= 1
+    # Decoded images, each its own and none a constant (decode clamps: a range check could not fail).
+    flat = images.flatten(1)
+    assert flat.std(dim=1).min() > 0.1
+    assert (torch.cdist(flat, flat) + torch.eye(3) * 1e9).min() > 1.0
     assert len(state.indices) == 3
     if name != "distribution_guidance":  # the only batch-level method: its samples depend on the batch
         torch.testing.assert_close(again[0], images[1], atol=1e-4, rtol=0)

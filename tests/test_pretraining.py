@@ -13,8 +13,8 @@ from lightning.pytorch import Trainer
 
 from lightning_fair.data import CelebADataModule
 from lightning_fair.diffusion.seeding import training_generators
-from lightning_fair.methods import DiffusionPretraining
-from lightning_fair.methods.pretraining import ema_decay
+from lightning_fair.pretraining import DiffusionPretraining
+from lightning_fair.pretraining.ema import ema_decay
 
 
 def tiny(output_dir: Path, **options: object) -> DiffusionPretraining:

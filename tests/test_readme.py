@@ -10,7 +10,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from lightning_fair.cli import main
+from lightning_fair.main import main
 from lightning_fair.diffusion import SamplerConfig
 from lightning_fair.methods import ConditionalSampling, PlainSampling, method_registry
 

@@ -19,11 +19,13 @@ from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning_fair.callbacks import FairnessEvaluator
 from lightning_fair.callbacks.progress_log import ProgressLog
 from lightning_fair.classifiers import AttributeClassifier, load_classifier
-from lightning_fair.cli import build_cli, configuration_error, main
+from lightning_fair.cli import build_cli
+from lightning_fair.main import configuration_error, main
 from lightning_fair.data import CelebADataModule, GenerationRequests
 from lightning_fair.data.base import available_workers
-from lightning_fair.methods import ConditionalSampling, DiffusionPretraining, DistributionGuidance
+from lightning_fair.methods import ConditionalSampling, DistributionGuidance
 from lightning_fair.metrics import validate_distribution
+from lightning_fair.pretraining import DiffusionPretraining
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 UNET_EXPECTED = (

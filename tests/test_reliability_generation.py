@@ -22,7 +22,7 @@ from lightning.pytorch import Trainer
 from PIL import Image
 
 from lightning_fair.callbacks import GenerationWriter
-from lightning_fair.cli import main
+from lightning_fair.main import main
 from lightning_fair.data.generated import MANIFEST, TABLE
 
 NUM_SAMPLES = 12  # three global batches of 4; the grid shows samples 0-3
@@ -33,7 +33,7 @@ import os, signal, sys
 from pathlib import Path
 
 from lightning_fair.callbacks.generation_writer import GenerationWriter
-from lightning_fair.cli import main
+from lightning_fair.main import main
 
 kind, count = os.environ["FAULT"].split(":")
 if kind == "sigkill_before_commit":  # killed with a record written but not yet renamed into place

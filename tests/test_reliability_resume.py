@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_fair.classifiers
 import lightning_fair.methods
-from lightning_fair.cli import main
+from lightning_fair.main import main
 from lightning_fair.data import CelebADataModule
-from lightning_fair.methods import DiffusionPretraining
+from lightning_fair.pretraining import DiffusionPretraining
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = command_configs()

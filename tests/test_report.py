@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_fair.cli import main
+from lightning_fair.main import main
 from lightning_fair.report.command import planned_runs, report_parser, run_report
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

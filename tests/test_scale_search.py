@@ -12,7 +12,7 @@ from lightning.pytorch import Trainer
 
 from lightning_fair.data import GenerationRequests
 from lightning_fair.methods import DistributionGuidance, HSpaceSampleGuidance
-from lightning_fair.methods.scale_search import calibration_seed, choose_scale, fd_tolerance
+from lightning_fair.methods.lifecycle.calibration import calibration_seed, choose_scale, fd_tolerance
 
 
 def test_tolerance_is_twice_an_exact_samplers_fd() -> None:

@@ -20,11 +20,13 @@ import pytest
 import yaml
 
 from lightning_fair.callbacks import GenerationWriter
-from lightning_fair.cli import main
+from lightning_fair.main import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO_ROOT / "scripts" / "slurm" / "lightning_fair.sbatch"
-CONFIGS = REPO_ROOT / "configs" / "synthetic_faces"
+SETUP = str(REPO_ROOT / "configs" / "setups" / "synthetic_faces.yaml")
+CONFIGS = REPO_ROOT / "configs" / "methods"
+TRAINING = REPO_ROOT / "configs" / "training"
 SLURM = {"SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "4", "SLURM_JOB_ID": "123", "SLURM_CPUS_PER_TASK": "8"}
 RUN_DIR = "logs/slurm/123"
 
@@ -75,7 +77,7 @@ def printed_config(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
     return yaml.safe_load(output.out)
 
 
-def assert_multi_node(config: dict, name: str) -> None:
+def assert_multi_node(config: dict) -> None:
     trainer = config["trainer"]
     assert trainer["num_nodes"] == 2
     assert str(trainer["devices"]) == "4"  # the CLI keeps "4" a string; Lightning reads it as a GPU count
@@ -83,7 +85,7 @@ def assert_multi_node(config: dict, name: str) -> None:
     assert trainer["strategy"] == "ddp"
     assert trainer["default_root_dir"] == RUN_DIR  # where Lightning saves and finds hpc_ckpt_N.ckpt on requeue
     assert trainer["logger"]["init_args"]["save_dir"] == RUN_DIR
-    assert trainer["logger"]["init_args"]["name"] == name  # the config's own experiment name is kept
+    assert trainer["logger"]["init_args"]["name"] == ""  # version folders right in the job's folder
 
 
 def test_header() -> None:
@@ -110,19 +112,19 @@ def test_usage(tmp_path: Path) -> None:
 
 
 def test_test_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    args = launch(tmp_path, "test", str(CONFIGS / "plain.yaml"))
+    args = launch(tmp_path, "test", SETUP, str(CONFIGS / "plain.yaml"))
     monkeypatch.chdir(tmp_path)
     config = printed_config(args, capsys)
-    assert_multi_node(config, "synthetic_faces/plain")
+    assert_multi_node(config)
     assert config["ckpt_path"] is None  # only fit resumes
     assert (tmp_path / RUN_DIR).is_dir()
 
 
 def test_fit_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    args = launch(tmp_path, "fit", str(CONFIGS / "pretrain_unet.yaml"), "--trainer.max_epochs=3")
+    args = launch(tmp_path, "fit", SETUP, str(TRAINING / "pretrain_unet.yaml"), "--trainer.max_epochs=3")
     monkeypatch.chdir(tmp_path)
     config = printed_config(args, capsys)
-    assert_multi_node(config, "synthetic_faces/pretrain_unet")
+    assert_multi_node(config)
     assert config["ckpt_path"] == "last"  # the config's last.ckpt if there is one, else a fresh start
     assert config["trainer"]["max_epochs"] == 3  # the caller's arguments are passed on
 
@@ -130,7 +132,7 @@ def test_fit_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeyp
 def test_fit_caller_ckpt_path_wins(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    args = launch(tmp_path, "fit", str(CONFIGS / "pretrain_unet.yaml"), "--ckpt_path=null")
+    args = launch(tmp_path, "fit", SETUP, str(TRAINING / "pretrain_unet.yaml"), "--ckpt_path=null")
     monkeypatch.chdir(tmp_path)
     assert printed_config(args, capsys)["ckpt_path"] is None
 
@@ -141,10 +143,10 @@ def test_fit_requeued_resumes_from_hpc_checkpoint(
     # What Lightning leaves in default_root_dir when SIGUSR1 arrives, before it requeues the job.
     (tmp_path / RUN_DIR).mkdir(parents=True)
     (tmp_path / RUN_DIR / "hpc_ckpt_1.ckpt").touch()
-    args = launch(tmp_path, "fit", str(CONFIGS / "pretrain_unet.yaml"), "--ckpt_path=null")
+    args = launch(tmp_path, "fit", SETUP, str(TRAINING / "pretrain_unet.yaml"), "--ckpt_path=null")
     monkeypatch.chdir(tmp_path)
     config = printed_config(args, capsys)
-    assert_multi_node(config, "synthetic_faces/pretrain_unet")
+    assert_multi_node(config)
     assert config["ckpt_path"] == "hpc"  # the newest state, over the caller's --ckpt_path
 
 

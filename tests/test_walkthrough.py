@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightning_fair.cli import main
+from lightning_fair.main import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CUSTOM = REPO_ROOT / "configs" / "custom"

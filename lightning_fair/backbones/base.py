@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from diffusers import DDPMScheduler
 from torch import Tensor, nn
-
-from lightning_fair.diffusion.schedulers import make_scheduler
 
 Conditioning = Literal["class", "text", "none"]
 Condition = Tensor | None  # class labels (B,), text embeddings (B, L, D), or None for an unconditional model
@@ -87,7 +86,7 @@ class DiffusionBackbone(nn.Module, ABC):
         self.eval()
 
     def _scheduler_alphas_cumprod(self) -> Tensor:
-        return make_scheduler(self.scheduler_config, "ddpm").alphas_cumprod
+        return DDPMScheduler.from_config(self.scheduler_config).alphas_cumprod
 
     def train(self, mode: bool = True) -> DiffusionBackbone:
         """Stays in eval mode whatever is asked (a frozen backbone never updates norm statistics)."""

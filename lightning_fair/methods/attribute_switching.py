@@ -25,6 +25,7 @@ from lightning_fair.diffusion.guidance import guided_eps
 from lightning_fair.diffusion.seeding import CONDITION_STREAM, NOISE_STREAM, per_sample_choice, per_sample_randn
 from lightning_fair.methods.base import DebiasingMethod
 from lightning_fair.methods.conditions import Prompts
+from lightning_fair.methods.lifecycle.diagnostics import curve_files
 from lightning_fair.metrics import validate_distribution
 from lightning_fair.utils.curves import write_curve
 from lightning_fair.utils.distributed import sum_over_processes
@@ -218,8 +219,7 @@ class AttributeSwitching(DebiasingMethod):
 
     def fit_diagnostics(self) -> list[Path]:
         """The D(tau) curve, ``tau_curve.png`` and ``tau_curve.csv``."""
-        folder = run_folder(self.trainer)
-        return [folder / f"{CURVE_FILE}.png", folder / f"{CURVE_FILE}.csv"]
+        return curve_files(run_folder(self.trainer), CURVE_FILE)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restores the checkpoint; one written during the tau search resumes by running the search again.

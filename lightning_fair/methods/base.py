@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 
 from lightning_fair.backbones import AdapterInputs, Condition, DiffusionBackbone, load_backbone
@@ -21,11 +21,11 @@ from lightning_fair.diffusion.class_draws import draw_classes
 from lightning_fair.diffusion.guidance import guided_eps, is_unguided
 from lightning_fair.diffusion.seeding import CONDITION_STREAM
 from lightning_fair.methods.conditions import Prompts
-from lightning_fair.utils import distributed  # noqa: F401  (registers the DDP strategy that fits calibrations)
-from lightning_fair.utils.preemption import stop_if_terminated
+from lightning_fair.methods.lifecycle.checkpoints import CheckpointHygiene
+from lightning_fair.methods.lifecycle.runtime import RunHooks
 
 
-class DebiasingMethod(LightningModule):
+class DebiasingMethod(RunHooks, CheckpointHygiene, LightningModule):
     """A debiasing method: hooks over a frozen diffusion backbone (pixel or latent) and the shared sampling loop.
 
     Subclasses set ``name`` (their key in :func:`method_registry`) and override:
@@ -40,9 +40,10 @@ class DebiasingMethod(LightningModule):
     or nothing) and :meth:`class_condition` (class labels, or one prompt per class from ``prompts.classes``).
 
     The base provides :meth:`sample`, ``test_step``/``predict_step`` (generation requests in, images and the
-    conditions used out) and checkpoint hygiene: frozen modules (the backbone, and any a subclass adds with
-    :meth:`add_frozen`) are never written into a checkpoint, stay in eval mode, and are re-loaded from their
-    references (constructor arguments) when the checkpoint is restored.
+    conditions used out), checkpoint hygiene (:class:`~lightning_fair.methods.lifecycle.checkpoints.CheckpointHygiene`:
+    frozen modules, the backbone and any a subclass adds with :meth:`add_frozen`, are never written into a checkpoint,
+    stay in eval mode, and are re-loaded from their references when the checkpoint is restored) and, for a method that
+    needs a fit, the checkpoint callback of the fit (:meth:`configure_callbacks`).
 
     Args:
         backbone: a local diffusers folder (pixel ``UNet2DModel`` or ``StableDiffusionPipeline``) or the name of a
@@ -53,6 +54,7 @@ class DebiasingMethod(LightningModule):
     """
 
     name: ClassVar[str] = ""
+    checkpoint_every_n_steps: ClassVar[int | None] = None
 
     def __init__(
         self, backbone: str, sampler: SamplerConfig | None = None, seed: int = 0, prompts: Prompts | None = None
@@ -62,9 +64,10 @@ class DebiasingMethod(LightningModule):
         sampler = SamplerConfig(**sampler) if isinstance(sampler, dict) else sampler or SamplerConfig()
         prompts = Prompts(**prompts) if isinstance(prompts, dict) else prompts
         self.save_hyperparameters(ignore=["sampler", "prompts"])
-        self.hparams["sampler"] = asdict(sampler)
-        self.hparams["prompts"] = None if prompts is None else asdict(prompts)
+        self.hparams.update(sampler=asdict(sampler), prompts=None if prompts is None else asdict(prompts))
         self.frozen_names: list[str] = []
+        self.backbone_reference = backbone
+        self.checkpoint_dir: str | Path | None = None
         self.add_frozen("backbone", load_backbone(backbone))
         if prompts is not None and self.backbone.conditioning != "text":
             raise ValueError(
@@ -296,86 +299,28 @@ class DebiasingMethod(LightningModule):
         """Same as :meth:`test_step`."""
         return self.test_step(batch, batch_idx)
 
-    def on_fit_start(self) -> None:
-        """Puts the backbone in the precision of the device (half-precision latent UNet on a GPU)."""
-        self.backbone.use_precision_for(self.device)
-
-    def on_test_start(self) -> None:
-        """Puts the backbone in the precision of the device."""
-        self.backbone.use_precision_for(self.device)
-
-    def on_predict_start(self) -> None:
-        """Puts the backbone in the precision of the device."""
-        self.backbone.use_precision_for(self.device)
-
-    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Stops the run here, every callback's work on the batch done, if it was asked to terminate."""
-        stop_if_terminated(self.trainer)
-
-    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Stops the run here, every callback's work on the batch done, if it was asked to terminate."""
-        stop_if_terminated(self.trainer)
-
     def configure_optimizers(self) -> Any:
         """No optimizer unless a subclass trains something."""
         return None
 
-    def _frozen_keys(self, keys: Iterable[str]) -> set[str]:
-        """The state keys of frozen modules' own weights (an adapter trained inside one, e.g. LoRA, is not one)."""
-        prefixes = tuple(f"{name}." for name in self.frozen_names)
-        trainable = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
-        return {key for key in keys if key.startswith(prefixes) and key not in trainable}
+    def configure_callbacks(self) -> list[Callback]:
+        """The checkpoint of a fit, when the method needs one: ``last.ckpt``, rewritten as the fit goes.
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Drops the frozen modules' weights; records the method and the backbone reference."""
-        state = checkpoint["state_dict"]
-        frozen = self._frozen_keys(state)
-        checkpoint["state_dict"] = {key: value for key, value in state.items() if key not in frozen}
-        checkpoint["lightning_fair"] = {"method": type(self).__name__, "backbone": self.hparams["backbone"]}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuses another method's checkpoint or other modules; puts back the frozen modules from their references."""
-        saved = checkpoint.get("lightning_fair", {}).get("method")
-        if saved != type(self).__name__:
-            writer = f"by {saved}" if saved else "by no debiasing method (it has no 'lightning_fair' record)"
-            raise ValueError(f"{self._checkpoint_name()} was written {writer}, not by {type(self).__name__}")
-        self._check_modules_fit(checkpoint)
-        own_state = {
-            f"{name}.{key}": value
-            for name in self.frozen_names
-            for key, value in getattr(self, name).state_dict().items()
-        }
-        frozen = self._frozen_keys(own_state)
-        frozen_state = {key: value for key, value in own_state.items() if key in frozen}
-        checkpoint["state_dict"] = {**checkpoint["state_dict"], **frozen_state}
-
-    def _checkpoint_name(self) -> str:
-        path = self._trainer.ckpt_path if self._trainer is not None else None
-        return f"The checkpoint '{path}'" if path else "The checkpoint"
-
-    def _check_modules_fit(self, checkpoint: dict[str, Any]) -> None:
-        """Refuses a checkpoint whose trainable modules differ from the configured ones, naming differing options."""
-        state = self.state_dict()
-        frozen = self._frozen_keys(state)
-        configured = {key: value.shape for key, value in state.items() if key not in frozen}
-        stored = {key: value.shape for key, value in checkpoint["state_dict"].items()}
-        if stored == configured:
-            return
-        saved, current = _flatten(checkpoint.get("hyper_parameters", {})), _flatten(dict(self.hparams))
-        differences = [
-            f"model.init_args.{key} is {saved.get(key)!r} in the checkpoint and {current.get(key)!r} here"
-            for key in sorted(saved.keys() | current.keys())
-            if saved.get(key) != current.get(key) and not key.startswith("_")  # "_class_path": the CLI's own
-        ]
-        if not differences:
-            unlike = sorted(key for key in stored.keys() | configured.keys() if stored.get(key) != configured.get(key))
-            differences = [
-                f"its {unlike[0]} is {stored.get(unlike[0])} and the configured one {configured.get(unlike[0])}"
-            ]
-        raise ValueError(
-            f"{self._checkpoint_name()} does not fit this {type(self).__name__}: {'; '.join(differences)}. Set the "
-            "options back to the checkpoint's values to use it, or run `fit` again with the new ones"
+        It is written at the end of every training epoch (after the method's own ``on_train_epoch_end``, so a scale
+        calibrated there is in it), or every ``checkpoint_every_n_steps`` steps where the method sets them, into
+        ``checkpoint_dir`` when it is set, else ``checkpoints/`` in the trainer's ``default_root_dir``.
+        """
+        if not self.needs_fit:
+            return []
+        folder = self.checkpoint_dir or Path(self.trainer.default_root_dir) / "checkpoints"
+        checkpoint = ModelCheckpoint(
+            dirpath=folder,
+            filename="last",
+            enable_version_counter=False,
+            save_on_train_epoch_end=True,
+            every_n_train_steps=self.checkpoint_every_n_steps,
         )
+        return [checkpoint]
 
 
 def method_registry() -> dict[str, type[DebiasingMethod]]:
@@ -390,14 +335,3 @@ def method_registry() -> dict[str, type[DebiasingMethod]]:
                 raise ValueError(f"Two methods are named {cls.name!r}: {registry[cls.name]} and {cls}")
             registry[cls.name] = cls
     return registry
-
-
-def _flatten(options: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested options as one level of dotted keys, e.g. ``{"sampler.num_inference_steps": 25}``."""
-    flat: dict[str, Any] = {}
-    for key, value in options.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

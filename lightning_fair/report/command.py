@@ -9,12 +9,22 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lightning_fair.callbacks import FairnessEvaluator
+from lightning_fair.cli import add_shared_arguments
 from lightning_fair.methods import method_registry
 from lightning_fair.report.document import write_report
 from lightning_fair.report.runs import MethodRun, Protocol, SharedParts, run_method
-from lightning_fair.utils.shared_options import add_shared_arguments
 
 REFERENCE_METHOD = "plain"
+
+
+DEFAULT_METHODS = [
+    "plain",
+    "conditional",
+    "distribution_guidance",
+    "h_sample_guidance",
+    "attribute_switching",
+    "self_guidance",
+]
 
 
 def report_parser() -> ArgumentParser:
@@ -22,13 +32,14 @@ def report_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="lightning-fair report", description=__doc__)
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="a YAML file of these options")
     parser.add_argument(
-        "--configs_dir", type=str, default="configs/synthetic_faces", help="folder of the methods' configs"
+        "--setup", type=str, required=True, help="the setup config every method runs on (data, backbone, evaluator)"
     )
+    parser.add_argument("--methods_dir", type=str, default="configs/methods", help="folder of the methods' configs")
     parser.add_argument(
         "--methods",
-        type=list[str] | None,
-        default=None,
-        help="labels of the rows (default: every registered method with a config <configs_dir>/<name>.yaml)",
+        type=list[str],
+        default=DEFAULT_METHODS,
+        help="the rows: configs <methods_dir>/<label>.yaml",
     )
     parser.add_class_arguments(Protocol, "protocol")
     parser.add_argument("--method_configs", type=dict[str, str], default={}, help="label: config of a row")
@@ -36,14 +47,7 @@ def report_parser() -> ArgumentParser:
     parser.add_argument(
         "--checkpoints", type=dict[str, str], default={}, help="label: checkpoint or fit folder to test"
     )
-    add_shared_arguments(parser, "every method, for configs that follow it (default: each config's own)")
-    parser.add_argument(
-        "--evaluator",
-        type=FairnessEvaluator | None,
-        default=None,
-        help="the evaluator of every method: classifier, sensitive and target attributes, target distribution, "
-        "reference data (default: each config's own)",
-    )
+    add_shared_arguments(parser, "every method (default: the setup's)")
     parser.add_argument(
         "--comparison_samples", type=int, default=8, help="samples per method in the side-by-side picture (0: none)"
     )
@@ -56,11 +60,11 @@ def report_parser() -> ArgumentParser:
 
 def planned_runs(options: Any) -> list[MethodRun]:
     """The rows to run, ``plain`` first; an unknown label or a missing config is a one-line error."""
-    folder = Path(options.configs_dir)
-    methods = options.methods
-    if methods is None:
-        methods = [name for name in sorted(method_registry()) if (folder / f"{name}.yaml").is_file()]
-    methods = [REFERENCE_METHOD] + [name for name in dict.fromkeys(methods) if name != REFERENCE_METHOD]
+    folder = Path(options.methods_dir)
+    setup = Path(options.setup)
+    if not setup.is_file():
+        raise ValueError(f"Option 'setup': no setup config at {setup}")
+    methods = [REFERENCE_METHOD] + [name for name in dict.fromkeys(options.methods) if name != REFERENCE_METHOD]
     named = set(options.method_configs) | set(options.overrides) | set(options.checkpoints)
     known = set(methods) | set(method_registry()) | {path.stem for path in folder.glob("*.yaml")}
     unknown = sorted(named - known)  # a row not run this time may keep its settings; a misspelt one may not
@@ -74,19 +78,16 @@ def planned_runs(options: Any) -> list[MethodRun]:
         config = Path(options.method_configs.get(name, folder / f"{name}.yaml"))
         if not config.is_file():
             raise ValueError(f"Option 'methods': no config for {name!r} at {config} (give one in 'method_configs')")
-        runs.append(MethodRun(name, config, tuple(options.overrides.get(name, [])), options.checkpoints.get(name)))
+        overrides = tuple(options.overrides.get(name, []))
+        runs.append(MethodRun(name, setup, config, overrides, options.checkpoints.get(name)))
     return runs
 
 
-def describe_setting(options: Any, evaluator: FairnessEvaluator | None) -> dict[str, Any]:
-    """What the comparison ran on, for the report: the shared backbone and evaluator, or each config's."""
-    setting: dict[str, Any] = {"configs_dir": options.configs_dir, "backbone": options.backbone or "each config's"}
-    if options.classifier is not None:
-        setting["classifier"] = options.classifier
+def describe_setting(options: Any, evaluator: FairnessEvaluator) -> dict[str, Any]:
+    """What the comparison ran on, for the report: the setup, its backbone and the evaluator of its runs."""
+    setting: dict[str, Any] = {"setup": options.setup, "backbone": options.backbone or "the setup's"}
     if options.dataset is not None:
         setting["dataset"] = f"{options.dataset.init_args.root} ({options.dataset.class_path.rsplit('.', 1)[-1]})"
-    if evaluator is None:
-        return {**setting, "evaluator": "each config's"}
     reference = evaluator.reference
     return {
         **setting,
@@ -106,12 +107,11 @@ def run_report(args: list[str]) -> list[dict[str, Any]]:
     if options.comparison_samples < 0:
         raise ValueError(f"Option 'comparison_samples' must be at least 0, got {options.comparison_samples}")
     runs = planned_runs(options)
-    evaluator = parser.instantiate_classes(options).evaluator
     dataset = None if options.dataset is None else options.dataset.as_dict()
-    shared = SharedParts(options.backbone, options.classifier, dataset, evaluator)
-    group = Path(options.configs_dir).name
+    shared = SharedParts(options.backbone, options.classifier, dataset)
+    group = Path(options.setup).stem
     log_dir = options.log_dir or str(Path(options.output, "runs"))
-    rows = []
+    rows, evaluators = [], []
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
     with Progress(*columns, TimeElapsedColumn()) as progress:
         task = progress.add_task("report", total=len(runs))
@@ -120,10 +120,11 @@ def run_report(args: list[str]) -> list[dict[str, Any]]:
             def announce(stage: str, name: str = run.name) -> None:
                 progress.update(task, description=f"report: {name} ({stage})")
 
-            row = run_method(run, protocol, log_dir, group, options.comparison_samples, shared, announce)
+            row, evaluator = run_method(run, protocol, log_dir, group, options.comparison_samples, shared, announce)
             rows.append(row)
+            evaluators.append(evaluator)
             progress.advance(task)
     for row in rows:
         row["time_ratio"] = row["seconds"] / rows[0]["seconds"]
-    write_report(rows, protocol, Path(options.output), describe_setting(options, evaluator))
+    write_report(rows, protocol, Path(options.output), describe_setting(options, evaluators[0]))
     return rows

@@ -6,20 +6,17 @@ import functools
 import hashlib
 import json
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
-import torch
 import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 
-from lightning_fair.callbacks import FairnessEvaluator, SampleGrid
+from lightning_fair.callbacks import FairnessEvaluator, SampleGrid, SamplingTimer
 from lightning_fair.cli import build_cli
 from lightning_fair.models import resolve_model_path
 from lightning_fair.utils.files import write_text_atomically
@@ -60,12 +57,14 @@ class MethodRun:
 
     Attributes:
         name: the row's label.
-        config: its ``lightning-fair`` config.
-        overrides: command-line arguments applied on top of it.
+        setup: the setup config it runs on.
+        config: its method config.
+        overrides: command-line arguments applied on top of them.
         checkpoint: a checkpoint to test (a method that needs ``fit`` is fitted first without one).
     """
 
     name: str
+    setup: Path
     config: Path
     overrides: tuple[str, ...] = ()
     checkpoint: str | None = None
@@ -73,20 +72,17 @@ class MethodRun:
 
 @dataclass(frozen=True)
 class SharedParts:
-    """What every method of a comparison uses in place of its config's own (``None``: each config's).
+    """What every method of a comparison uses in place of the setup's own (``None``: the setup's).
 
     Attributes:
         backbone: the diffusion model (the top-level ``backbone`` and ``model.init_args.backbone``).
-        classifier: the attribute classifier (the top-level ``classifier``, which configs that interpolate it follow;
-            a config that names its own is refused).
+        classifier: the attribute classifier (the top-level ``classifier``, which method configs follow).
         dataset: the image data, a class path and its init args (the top-level ``dataset``).
-        evaluator: the evaluator, in place of every evaluator the config has.
     """
 
     backbone: str | None = None
     classifier: str | None = None
     dataset: dict[str, Any] | None = None
-    evaluator: FairnessEvaluator | None = None
 
     def overrides(self) -> list[str]:
         """The command-line arguments that set these parts."""
@@ -100,30 +96,6 @@ class SharedParts:
         return arguments
 
 
-class SamplingClock:
-    """Adds up the time a module's ``test_step`` takes (CUDA work included) by wrapping it."""
-
-    def __init__(self, model: LightningModule) -> None:
-        self.seconds = 0.0
-        step = model.test_step
-
-        @functools.wraps(step)
-        def timed_step(*args: Any, **kwargs: Any) -> Any:
-            self._synchronize(model.device)
-            start = time.perf_counter()
-            output = step(*args, **kwargs)
-            self._synchronize(model.device)
-            self.seconds += time.perf_counter() - start
-            return output
-
-        model.test_step = timed_step
-
-    @staticmethod
-    def _synchronize(device: torch.device) -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-
 def run_method(
     run: MethodRun,
     protocol: Protocol,
@@ -132,8 +104,8 @@ def run_method(
     comparison_samples: int = 0,
     shared: SharedParts | None = None,
     announce: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Fits ``run`` if it needs it and has no checkpoint, generates and evaluates under ``protocol``; returns its row.
+) -> tuple[dict[str, Any], FairnessEvaluator]:
+    """Fits ``run`` if it needs it and has no checkpoint, generates and evaluates under ``protocol``.
 
     Its logs go to ``<log_dir>/<group>/<name>`` (also its ``trainer.default_root_dir``), a fit to
     ``<log_dir>/<group>/<name>/fit-<key>`` (never over the checkpoints of the config's own users), ``key`` a hash of
@@ -149,8 +121,11 @@ def run_method(
         group: the sub-folder of this comparison (e.g. the dataset).
         comparison_samples: with ``n > 0``, samples ``0..n-1`` are also written as one row,
             ``comparison_<Method>.png`` in the run folder (the same initial noise for every method).
-        shared: what replaces every config's own backbone, classifier, dataset and evaluator.
+        shared: what replaces the setup's backbone, classifier and dataset.
         announce: told each stage as it starts (``fitting``, ``generating``).
+
+    Returns:
+        The row of results and the evaluator that scored it.
     """
     method, config = run.name, run.config
     shared = shared or SharedParts()
@@ -172,16 +147,11 @@ def run_method(
     if protocol.condition_draw:
         overrides.append(f"--model.init_args.sampler.condition_draw={protocol.condition_draw}")
     overrides += list(run.overrides)
-    with mock.patch.object(sys, "argv", sys.argv[:1]):  # the CLI must not see the caller's own arguments
-        cli = build_cli(["-c", str(config), *overrides], run=False)
+    cli = build_cli(["-c", str(run.setup), "-c", str(config), *overrides], run=False)
     trainer, model = cli.trainer, cli.model
     evaluators = [callback for callback in trainer.callbacks if isinstance(callback, FairnessEvaluator)]
-    if shared.evaluator is not None:
-        kept = [callback for callback in trainer.callbacks if not isinstance(callback, FairnessEvaluator)]
-        trainer.callbacks[:] = [*kept, shared.evaluator]
-        evaluators = [shared.evaluator]
     if not evaluators:
-        raise ValueError(f"{config} has no FairnessEvaluator callback: nothing to report for {method!r}")
+        raise ValueError(f"{run.setup} has no evaluator: nothing to report for {method!r}")
     if comparison_samples:
         trainer.callbacks.append(SampleGrid(comparison_samples, comparison_samples, "comparison_{method}.png"))
     fit_seconds, fit, fit_folder = 0.0, "none", None
@@ -190,8 +160,7 @@ def run_method(
         fit = "given"
     elif getattr(model, "needs_fit", False):
         fit_folder = Path(log_dir, group, method, f"fit-{fit_key(cli)}").resolve()
-        for callback in trainer.checkpoint_callbacks:
-            callback.dirpath = str(fit_folder / "checkpoints")
+        model.checkpoint_dir = fit_folder / "checkpoints"
         if announce is not None:
             announce("fitting")
         checkpoint, fit_seconds, reused = fit_once(trainer, model, cli.datamodule, fit_folder)
@@ -201,16 +170,17 @@ def run_method(
     comparison = str(Path(trainer.log_dir, f"comparison_{type(model).__name__}.png")) if comparison_samples else None
     if announce is not None:
         announce("generating")
-    clock = SamplingClock(model)
+    timer = SamplingTimer()
+    trainer.callbacks.insert(0, timer)  # first: its clock stops right after each test step
     run_seconds = []
     for _ in range(protocol.repeats):  # every repeat generates the same images (per-sample seeds)
-        clock.seconds = 0.0
         trainer.test(model, cli.datamodule, ckpt_path=checkpoint, verbose=False)
-        run_seconds.append(clock.seconds)
+        run_seconds.append(timer.seconds)
     result = evaluators[0].result
     condition = result.conditions.get(result.sensitive)
-    return {
+    row = {
         "method": method,
+        "setup": str(run.setup),
         "config": str(config),
         "checkpoint": checkpoint,
         "num_samples": result.num_samples,
@@ -246,6 +216,7 @@ def run_method(
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "sampler": {key: model.hparams["sampler"][key] for key in SAMPLER_SETTINGS},
     }
+    return row, evaluators[0]
 
 
 FITTED_CHECKPOINT = "fitted.ckpt"
@@ -259,6 +230,7 @@ FIT_INDEPENDENT = (
     ("trainer", "callbacks"),
     ("trainer", "default_root_dir"),
     ("evaluator",),
+    ("method_settings",),
     ("trainer", "enable_progress_bar"),
     ("trainer", "accelerator"),
     ("trainer", "devices"),

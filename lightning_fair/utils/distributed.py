@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 from torch.nn import Module
 
@@ -21,15 +21,18 @@ def sum_over_processes(tensor: Tensor) -> Tensor:
     return total
 
 
-__all__ = ["gather_rows", "sum_over_processes"]
+__all__ = ["DDP_START_METHODS", "CalibrationAwareDDPStrategy", "gather_rows", "sum_over_processes"]
+
+DDP_START_METHODS = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
 
 
 class CalibrationAwareDDPStrategy(DDPStrategy):
     """Lightning's DDP strategy, except that a module without trainable parameters is not wrapped.
 
     ``DistributedDataParallel`` refuses such a module, yet a training-free method's ``fit`` (e.g. the tau search of
-    Attribute Switching) runs on many processes and only exchanges its sums itself. Registered under Lightning's
-    names ``ddp``, ``ddp_spawn``, ``ddp_fork`` and ``ddp_notebook`` when ``lightning_fair.methods`` is imported.
+    Attribute Switching) runs on many processes and only exchanges its sums itself. The command line runs this
+    strategy for ``--trainer.strategy`` ``ddp``, ``ddp_spawn``, ``ddp_fork`` and ``ddp_notebook`` (see
+    :data:`DDP_START_METHODS`); in Python, pass ``Trainer(strategy=CalibrationAwareDDPStrategy())``.
     """
 
     def _setup_model(self, model: Module) -> Module:
@@ -37,15 +40,6 @@ class CalibrationAwareDDPStrategy(DDPStrategy):
             return model
         return super()._setup_model(model)
 
-
-for _name, _start_method in (("ddp", "popen"), ("ddp_spawn", "spawn"), ("ddp_fork", "fork"), ("ddp_notebook", "fork")):
-    StrategyRegistry.register(
-        _name,
-        CalibrationAwareDDPStrategy,
-        description=f"DDP with `start_method` '{_start_method}' that leaves modules without trainable parameters alone",
-        override=True,
-        start_method=_start_method,
-    )
 
 
 def gather_rows(tensor: Tensor) -> Tensor:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import time
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -15,31 +12,20 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_fair.data.base import AttributeDataModule
-from lightning_fair.data.dataset import AttributeImageDataset
-from lightning_fair.data.keyed_rows import KeyedRows, split_fingerprint
+from lightning_fair.data.keyed_rows import KeyedRows
 from lightning_fair.data.resampling import group_ids
 from lightning_fair.diffusion import SamplerConfig, SamplingState, Step
 from lightning_fair.diffusion.guidance import combine_guidance
 from lightning_fair.diffusion.seeding import NOISE_STREAM, per_sample_randn, sample_generators, training_generators
 from lightning_fair.methods.conditions import Prompts
-from lightning_fair.methods.invdiff.grouper import (
-    group_agreement,
-    group_summary,
-    optimise_group_weights,
-    per_sample_losses,
-)
+from lightning_fair.methods.invdiff.bias_inference import BiasInference
 from lightning_fair.methods.invdiff.objective import check_delta_ratio, group_invariance_loss, mix_eps
+from lightning_fair.methods.lifecycle.schedules import adamw_warmup_cosine
 from lightning_fair.methods.plain import ConditionalSampling
-from lightning_fair.utils.files import write_text_atomically
 from lightning_fair.utils.options import check_ranges
-from lightning_fair.utils.run_folder import run_folder
-
-GROUPS_SPLIT = "train"
-GROUPS_KIND = "groups"
-DEFAULT_GROUPS_FILE = "groups.safetensors"
 
 
-class InvDiff(ConditionalSampling):
+class InvDiff(BiasInference, ConditionalSampling):
     """InvDiff: bias groups inferred without labels, a delta UNet trained to be invariant across them.
 
     ``fit`` runs two stages. (1) **Bias inference**, unless ``groups_file`` exists: one pass of the frozen model over
@@ -96,6 +82,7 @@ class InvDiff(ConditionalSampling):
     """
 
     name = "invdiff"
+    checkpoint_every_n_steps = 200
 
     def __init__(
         self,
@@ -144,12 +131,19 @@ class InvDiff(ConditionalSampling):
         self.groups_file = groups_file
         self.groups = groups
         self.num_groups = num_groups
+        self.grouper_steps = grouper_steps
+        self.grouper_learning_rate = grouper_learning_rate
+        self.grouper_min_weight = grouper_min_weight
         self.grouper_timesteps = grouper_timesteps
+        self.grouper_batch_size = grouper_batch_size
         self.delta_channels = delta_channels
         self.init_from_backbone = init_from_backbone
         self.delta_ratio = delta_ratio
         self.invariance_weight = invariance_weight
         self.condition_dropout = condition_dropout
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.warmup_steps = warmup_steps
         self.assignment: KeyedRows | None = None
         super().__init__(
             backbone=backbone, sampler=sampler, seed=seed, prompts=prompts, target_distribution=target_distribution
@@ -212,96 +206,6 @@ class InvDiff(ConditionalSampling):
         data = self.training_data()
         return attributes[:, data.attributes.index(self.condition_attribute)]
 
-    # -------------------------------------------------------------------------------------- bias inference
-
-    def on_fit_start(self) -> None:
-        """Reads the groups file, or infers the groups and writes it (every process gets the same groups)."""
-        super().on_fit_start()
-        if self.groups == "inferred":
-            self.assignment = self.load_or_infer_groups()
-
-    def fit_diagnostics(self) -> list[Path]:
-        """The inferred groups' report (agreement with the hidden groups, sizes) next to ``groups_file``."""
-        return [self.groups_path().with_suffix(".json")] if self.groups == "inferred" else []
-
-    def groups_path(self) -> Path:
-        """``groups_file``, or ``groups.safetensors`` in the run's log folder."""
-        return Path(self.groups_file) if self.groups_file else run_folder(self.trainer) / DEFAULT_GROUPS_FILE
-
-    def load_or_infer_groups(self) -> KeyedRows:
-        """The groups of the train split: read back (and checked) from ``groups_file``, or inferred and written."""
-        data = self.training_data()
-        rows = data.split_indices(GROUPS_SPLIT)
-        provenance = {
-            "backbone": self.hparams["backbone"],
-            "dataset": str(data.root),
-            "split": GROUPS_SPLIT,
-            "fingerprint": split_fingerprint([data.table.image_paths[row] for row in rows], data.root),
-            "num_groups": str(self.num_groups),
-        }
-        path = self.groups_path()
-        if path.exists():
-            assignment = KeyedRows.load(path, "groups_file", GROUPS_KIND)
-            assignment.check(path, "groups_file", GROUPS_KIND, provenance)
-            rank_zero_info(f"InvDiff: read the groups of {len(assignment.indices)} images ({path})")
-            return assignment
-        dataset = AttributeImageDataset(
-            [data.table.image_paths[row] for row in rows], data.table.attributes[rows], rows, data.transform(False)
-        )
-        start = time.perf_counter()
-        indices, losses = per_sample_losses(
-            self.backbone,
-            dataset,
-            lambda attributes: self.class_condition(self.labels_of(attributes)),
-            self.sampler.add_noise,
-            self.seed,
-            self.grouper_timesteps,
-            self.hparams["grouper_batch_size"],
-            self.device,
-            self.trainer.global_rank,
-            self.trainer.world_size,
-        )
-        pass_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        weights = optimise_group_weights(
-            losses,
-            self.num_groups,
-            self.hparams["grouper_steps"],
-            self.hparams["grouper_learning_rate"],
-            self.hparams["grouper_min_weight"],
-            self.seed,
-        )
-        assignment = KeyedRows(indices, {"weights": weights, "losses": losses}, provenance)
-        true_groups, _ = self.true_groups(data, indices.numpy())
-        report = {
-            "images": len(indices),
-            **group_agreement(weights, true_groups),
-            **group_summary(weights, losses),
-            "pass_seconds": pass_seconds,
-            "weights_seconds": time.perf_counter() - start,
-            "processes": self.trainer.world_size,
-        }
-        if self.trainer.is_global_zero:
-            assignment.save(path)
-            write_text_atomically(path.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
-        self.trainer.strategy.barrier()
-        rank_zero_info(
-            f"InvDiff: inferred {self.num_groups} groups of {len(indices)} images in {pass_seconds:.1f} s (pass) + "
-            f"{report['weights_seconds']:.1f} s (weights); agreement with the hidden groups: NMI "
-            f"{report['nmi']:.3f}, purity {report['purity']:.3f} (log only); written to {path}"
-        )
-        return assignment
-
-    def group_weights(self, batch: dict[str, Tensor]) -> Tensor:
-        """The batch's group rows: its rows of the inferred ``W``, or one-hot true groups."""
-        if self.groups == "labels":
-            data = self.training_data()
-            groups, count = self.true_groups(data, batch["index"].cpu().numpy())
-            return F.one_hot(torch.as_tensor(groups), count).to(self.device)
-        if self.assignment is None:
-            raise RuntimeError("InvDiff's groups are read at the start of fit")
-        return self.assignment.rows("weights", batch["index"]).to(self.device)
-
     # -------------------------------------------------------------------------------------------- training
 
     def diffusion_losses(
@@ -359,23 +263,10 @@ class InvDiff(ConditionalSampling):
 
     def configure_optimizers(self) -> dict:
         """AdamW on the delta, linear warm-up then cosine decay over the run (the official schedule)."""
-        optimizer = torch.optim.AdamW(
-            self.delta.parameters(),
-            lr=self.hparams["learning_rate"],
-            betas=(0.9, 0.999),
-            weight_decay=self.hparams["weight_decay"],
-            eps=1e-8,
+        total = int(self.trainer.estimated_stepping_batches)
+        return adamw_warmup_cosine(
+            self.delta.parameters(), self.learning_rate, self.weight_decay, self.warmup_steps, total
         )
-        warmup = self.hparams["warmup_steps"]
-        total = max(int(self.trainer.estimated_stepping_batches), warmup + 1)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (total - warmup))))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_start(self) -> None:
         """Logs the trainable and frozen parameter counts."""

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize
 from sklearn.cluster import KMeans
+from sklearn.metrics import normalized_mutual_info_score
 from torch import Tensor
 
 
@@ -93,3 +94,18 @@ def solve_cluster_weights(
     weights = torch.from_numpy(weights / weights.sum())
     reached = [composition.double().T @ weights for composition in compositions]
     return weights, reached
+
+
+def cluster_report(labels: dict[str, np.ndarray], assignments: np.ndarray, num_clusters: int) -> dict:
+    """NMI of the clusters with each attribute of ``labels``, and each cluster's size and attribute shares."""
+    composition = [
+        {
+            "cluster": cluster,
+            "size": int((assignments == cluster).sum()),
+            **{f"share_{name}": float(values[assignments == cluster].mean()) for name, values in labels.items()},
+        }
+        for cluster in range(num_clusters)
+        if (assignments == cluster).any()
+    ]
+    nmi = {name: float(normalized_mutual_info_score(values, assignments)) for name, values in labels.items()}
+    return {"nmi": nmi, "clusters": composition}

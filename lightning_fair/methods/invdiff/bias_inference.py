@@ -1,0 +1,105 @@
+"""InvDiff's first stage: the bias groups of the train split, inferred without labels and kept by dataset index."""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_fair.data.base import AttributeDataModule
+from lightning_fair.data.keyed_rows import KeyedRows
+from lightning_fair.methods.invdiff.grouper import (
+    group_agreement,
+    group_summary,
+    optimise_group_weights,
+    per_sample_losses,
+)
+from lightning_fair.methods.lifecycle.artifact_cache import SplitArtifact
+
+GROUPS = SplitArtifact("groups", "groups_file", "groups.safetensors")
+
+
+class BiasInference:
+    """The groups of :class:`~lightning_fair.methods.invdiff.method.InvDiff`: read from ``groups_file``, or inferred.
+
+    One pass of the frozen model over the train split, then the soft group weights ``W`` that spread the per-group
+    mean losses; ``W`` is written keyed by dataset index with the backbone and the split's fingerprint, and a report
+    of its agreement with the hidden groups (never used in training) beside it. ``groups: labels`` uses the true
+    groups instead.
+    """
+
+    def on_fit_start(self) -> None:
+        """Reads the groups file, or infers the groups and writes it (every process gets the same groups)."""
+        super().on_fit_start()
+        if self.groups == "inferred":
+            self.assignment = self.load_or_infer_groups()
+
+    def fit_diagnostics(self) -> list[Path]:
+        """The inferred groups' report (agreement with the hidden groups, sizes) next to ``groups_file``."""
+        return [GROUPS.report(self.groups_file, self.trainer)] if self.groups == "inferred" else []
+
+    def groups_path(self) -> Path:
+        """``groups_file``, or ``groups.safetensors`` in the run's log folder."""
+        return GROUPS.path(self.groups_file, self.trainer)
+
+    def load_or_infer_groups(self) -> KeyedRows:
+        """The groups of the train split: read back (and checked) from ``groups_file``, or inferred and written."""
+        data = self.training_data()
+        provenance = GROUPS.provenance(self.backbone_reference, data, num_groups=str(self.num_groups))
+        path = self.groups_path()
+        make = partial(self.infer_groups, data, provenance, path)
+        return GROUPS.load_or_make("InvDiff", path, provenance, make, self.trainer)
+
+    def infer_groups(
+        self, data: AttributeDataModule, provenance: dict[str, str], path: Path
+    ) -> tuple[KeyedRows, dict[str, Any], str]:
+        """The frozen model's loss of every train image, the group weights that spread it, a report and a summary."""
+        start = time.perf_counter()
+        indices, losses = per_sample_losses(
+            self.backbone,
+            GROUPS.dataset(data),
+            lambda attributes: self.class_condition(self.labels_of(attributes)),
+            self.sampler.add_noise,
+            self.seed,
+            self.grouper_timesteps,
+            self.grouper_batch_size,
+            self.device,
+            self.trainer.global_rank,
+            self.trainer.world_size,
+        )
+        pass_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        weights = optimise_group_weights(
+            losses, self.num_groups, self.grouper_steps, self.grouper_learning_rate, self.grouper_min_weight, self.seed
+        )
+        assignment = KeyedRows(indices, {"weights": weights, "losses": losses}, provenance)
+        true_groups, _ = self.true_groups(data, indices.numpy())
+        report = {
+            "images": len(indices),
+            **group_agreement(weights, true_groups),
+            **group_summary(weights, losses),
+            "pass_seconds": pass_seconds,
+            "weights_seconds": time.perf_counter() - start,
+            "processes": self.trainer.world_size,
+        }
+        summary = (
+            f"InvDiff: inferred {self.num_groups} groups of {len(indices)} images in {pass_seconds:.1f} s (pass) + "
+            f"{report['weights_seconds']:.1f} s (weights); agreement with the hidden groups: NMI "
+            f"{report['nmi']:.3f}, purity {report['purity']:.3f} (log only); written to {path}"
+        )
+        return assignment, report, summary
+
+    def group_weights(self, batch: dict[str, Tensor]) -> Tensor:
+        """The batch's group rows: its rows of the inferred ``W``, or one-hot true groups."""
+        if self.groups == "labels":
+            data = self.training_data()
+            groups, count = self.true_groups(data, batch["index"].cpu().numpy())
+            return F.one_hot(torch.as_tensor(groups), count).to(self.device)
+        if self.assignment is None:
+            raise RuntimeError("InvDiff's groups are read at the start of fit")
+        return self.assignment.rows("weights", batch["index"]).to(self.device)

@@ -1,0 +1,1 @@
+"""What every method's fit shares: scale calibration, per-split artifacts, schedules, checkpoints, diagnostics."""

@@ -1,0 +1,269 @@
+"""Calibration of a guidance strength: the scale that reaches the target distribution at the least quality cost."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+
+from lightning_fair.classifiers import AttributeClassifier
+from lightning_fair.diffusion.seeding import seed_of
+from lightning_fair.methods.lifecycle.diagnostics import curve_files
+from lightning_fair.metrics.feature_distance import frechet_distance
+from lightning_fair.metrics.quality import reference_features
+from lightning_fair.utils.curves import write_curve
+from lightning_fair.utils.distributed import gather_rows, sum_over_processes
+from lightning_fair.utils.run_folder import run_folder
+
+CALIBRATION_STREAM = 6  # the calibration samples' seed: unrelated to every sample the run is evaluated on
+DEFAULT_SCALES = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+
+
+@dataclass(frozen=True)
+class ScaleSearch:
+    """What a scale search measured and chose.
+
+    Attributes:
+        option: the searched option (e.g. ``guidance_scale``), for the log and the curve.
+        scales: the candidate scales, ascending.
+        fd: at each scale, the largest FD (L2) of a guided attribute's predicted distribution to its target.
+        fid_cls: at each scale, the Fréchet distance of the samples' classifier features to the reference images.
+        tolerance: the FD a scale must reach (see :func:`fd_tolerance`).
+        chosen: the chosen scale.
+        reached: whether some scale reached the tolerance (else ``chosen`` has the smallest FD).
+    """
+
+    option: str
+    scales: list[float]
+    fd: list[float]
+    fid_cls: list[float]
+    tolerance: float
+    chosen: float
+    reached: bool
+
+    def write(self, folder: Path) -> list[Path]:
+        """Writes ``<option>_curve.csv`` and ``<option>_curve.png`` into ``folder``; returns their paths."""
+        stem = f"{self.option}_curve"
+        verdict = "least fid_cls within tolerance" if self.reached else "target not reached: least FD"
+        write_curve(
+            folder,
+            stem,
+            self.option,
+            self.scales,
+            {"FD to target": self.fd, "fid_cls": self.fid_cls},
+            self.chosen,
+            f"{self.option} search: {self.chosen:g} ({verdict})",
+            log_x=True,
+            level=("tolerance", self.tolerance),
+        )
+        return curve_files(folder, stem)
+
+    def summary(self) -> str:
+        """One line for the log: the choice and why."""
+        index = self.scales.index(self.chosen)
+        measured = f"FD {self.fd[index]:.4f}, fid_cls {self.fid_cls[index]:.2f}"
+        if self.reached:
+            return (
+                f"{self.option} = {self.chosen:g} ({measured}): of the scales whose FD is within {self.tolerance:.4f} "
+                "of the target, the one with the least fid_cls"
+            )
+        return (
+            f"{self.option} = {self.chosen:g} ({measured}): no scale of {self.scales} reached FD {self.tolerance:.4f}; "
+            "the one with the smallest FD (search larger scales, or train the guidance longer)"
+        )
+
+
+def fd_tolerance(targets: list[Tensor], num_samples: int) -> float:
+    """The FD a calibrated scale must reach: twice the FD an exact sampler of the target shows on ``num_samples``.
+
+    An exact sampler's L2 distance has ``E[FD^2] = sum_k p_k (1 - p_k) / n``; twice its root (over the guided
+    attribute of largest spread) separates a scale that reached the target from one that did not, at this ``n``.
+    """
+    spread = max(float((target * (1 - target)).sum()) for target in targets)
+    return 2.0 * math.sqrt(spread / num_samples)
+
+
+def choose_scale(scales: list[float], fd: list[float], fid_cls: list[float], tolerance: float) -> tuple[float, bool]:
+    """The scale with the least ``fid_cls`` among those within ``tolerance``, else the one of smallest FD."""
+    within = [i for i, value in enumerate(fd) if value <= tolerance]
+    if within:
+        return scales[min(within, key=lambda i: (fid_cls[i], scales[i]))], True
+    return scales[min(range(len(scales)), key=lambda i: (fd[i], scales[i]))], False
+
+
+@contextmanager
+def calibration_seed(method: torch.nn.Module) -> Iterator[None]:
+    """Within this block the method's samples are drawn from the calibration seed (and its own seed after)."""
+    seed = method.seed
+    method.seed = seed_of(seed, CALIBRATION_STREAM)
+    try:
+        yield
+    finally:
+        method.seed = seed
+
+
+def search_scale(
+    method: torch.nn.Module,
+    option: str,
+    set_scale: Callable[[float], None],
+    scales: list[float],
+    num_samples: int,
+    batch_size: int,
+    classifier: AttributeClassifier,
+    targets: dict[str, Tensor],
+    reference: Tensor,
+) -> ScaleSearch:
+    """Samples ``num_samples`` calibration images at each scale and chooses one (see :func:`choose_scale`).
+
+    Every scale sees the same calibration samples (same noise, same drawn conditions), in global batches of
+    ``batch_size`` split among the processes as ``test`` splits them; the counts and features are gathered, so
+    every process measures the same curve and chooses the same scale.
+
+    Args:
+        method: a :class:`~lightning_fair.methods.base.DebiasingMethod`.
+        option: the searched option's name.
+        set_scale: sets the method's scale.
+        scales: the candidate scales.
+        num_samples: calibration samples per scale.
+        batch_size: the global batch size of sampling (the strength of batch-level guidance depends on it).
+        classifier: predicts the guided attributes and gives the features of ``fid_cls``.
+        targets: the target distribution of each guided attribute.
+        reference: classifier features of real reference images.
+    """
+    scales = sorted({float(scale) for scale in scales})
+    world = method.trainer.world_size if method._trainer is not None else 1
+    rank = method.trainer.global_rank if method._trainer is not None else 0
+    columns = {name: classifier.attribute_index(name, "target_distributions") for name in targets}
+    if not scales or scales[0] < 0:
+        raise ValueError(f"Option 'calibration_scales' must list non-negative scales, got {scales}")
+    fd, fid_cls = [], []
+    backbone = method.backbone
+    generated = classifier.inputs_from(
+        backbone.center_crop_fraction, f"the images of the backbone '{backbone.reference}'"
+    )
+    with calibration_seed(method), torch.no_grad(), generated:
+        for scale in scales:
+            set_scale(scale)
+            counts = {name: torch.zeros(len(target), device=method.device) for name, target in targets.items()}
+            features = []
+            for start in range(0, num_samples, batch_size):
+                batch = torch.arange(start, min(start + batch_size, num_samples))
+                share = torch.tensor_split(batch, world)[rank]
+                if len(share) == 0:
+                    method.join_empty_batch()
+                    continue
+                images, _ = method.sample(share)
+                predictions = classifier.predict(images)
+                for name, column in columns.items():
+                    counts[name] += torch.bincount(predictions[:, column], minlength=len(targets[name])).float()
+                features.append(classifier.features(images).float())
+            local = torch.cat(features) if features else reference.new_zeros((0, reference.shape[1]))
+            gathered = gather_rows(local.to(method.device)).cpu()
+            distances = []
+            for name, target in targets.items():
+                total = sum_over_processes(counts[name]).cpu()
+                distances.append(float(torch.linalg.vector_norm(total / total.sum() - target.cpu())))
+            fd.append(max(distances))
+            fid_cls.append(float(frechet_distance(reference.double(), gathered.double())))
+    tolerance = fd_tolerance(list(targets.values()), num_samples)
+    chosen, reached = choose_scale(scales, fd, fid_cls, tolerance)
+    result = ScaleSearch(option, scales, fd, fid_cls, tolerance, chosen, reached)
+    (rank_zero_info if reached else rank_zero_warn)(f"{type(method).__name__}: {result.summary()}")
+    return result
+
+
+def fit_ends_here(trainer: Trainer, epoch: int, global_step: int) -> bool:
+    """Whether the training epoch ending now is a fit's last, by ``max_epochs`` or ``max_steps``."""
+    by_epochs = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch + 1
+    return by_epochs or 0 < trainer.max_steps <= global_step
+
+
+def calibrate(
+    method: torch.nn.Module,
+    option: str,
+    set_scale: Callable[[float], None],
+    scales: list[float],
+    num_samples: int,
+    batch_size: int | None,
+    targets: dict[str, Tensor],
+) -> ScaleSearch:
+    """Runs :func:`search_scale` at the end of a method's ``fit``, sets and logs the choice, writes the curve.
+
+    The method's ``classifier`` labels the samples; the quality cost is measured against the val split of the
+    training images (classifier features cached beside the data); ``batch_size`` defaults to the generation
+    requests' (the one the method samples with).
+    """
+    trainer, data = method.trainer, method.image_data()
+    batch_size = batch_size or getattr(trainer.datamodule, "batch_size", None)
+    if data is None or batch_size is None:
+        raise ValueError(
+            f"{type(method).__name__} calibrates '{option}' in fit on the training images' val split and the "
+            "generation requests' batch size: give GenerationRequests(train_data=...) as the data"
+        )
+    features = None
+    if trainer.is_global_zero:
+        data.prepare_data()
+        with method.classifier.inputs_from(data.center_crop_fraction, f"the images of '{data.root}'"):
+            features = reference_features(method.classifier, data.dataset("val"), data.root / ".cache")
+    reference = trainer.strategy.broadcast(features, src=0)
+    was_training = method.training
+    method.eval()
+    try:
+        search = search_scale(
+            method, option, set_scale, scales, num_samples, batch_size, method.classifier, targets, reference
+        )
+    finally:
+        method.train(was_training)
+    set_scale(search.chosen)
+    method.log(f"calibration/{option}", search.chosen)
+    folder = run_folder(trainer)
+    if trainer.is_global_zero:
+        search.write(folder)
+    return search
+
+
+@dataclass(frozen=True)
+class ScaleCalibration:
+    """A scale a method calibrates at the end of its ``fit`` and keeps in its checkpoint's ``lightning_fair`` record.
+
+    Attributes:
+        option: the calibrated option (e.g. ``guidance_scale``): its name in the log, the curve and the record.
+        scales: the candidate scales.
+        num_samples: calibration samples per scale.
+        batch_size: global batch of the calibration samples (``None``: the generation requests').
+    """
+
+    option: str
+    scales: list[float]
+    num_samples: int
+    batch_size: int | None
+
+    def at_epoch_end(
+        self, method: torch.nn.Module, set_scale: Callable[[float], None], targets: dict[str, Tensor]
+    ) -> ScaleSearch | None:
+        """Calibrates (see :func:`calibrate`) if the training epoch ending now is the fit's last."""
+        if not fit_ends_here(method.trainer, method.current_epoch, method.global_step):
+            return None
+        return calibrate(method, self.option, set_scale, self.scales, self.num_samples, self.batch_size, targets)
+
+    def diagnostics(self, folder: Path) -> list[Path]:
+        """The files of the search's curve in ``folder``."""
+        return curve_files(folder, f"{self.option}_curve")
+
+    def record(self, checkpoint: dict[str, Any], scale: float | None) -> None:
+        """Keeps ``scale`` in the checkpoint's record (nothing when there is none yet)."""
+        if scale is not None:
+            checkpoint["lightning_fair"][self.option] = scale
+
+    def restored(self, checkpoint: dict[str, Any]) -> float | None:
+        """The scale the checkpoint's record keeps, if any."""
+        scale = checkpoint["lightning_fair"].get(self.option)
+        return None if scale is None else float(scale)

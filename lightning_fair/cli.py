@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace, set_parsing_settings
@@ -180,17 +181,20 @@ def build_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
     # ``${dict:${dataset.init_args.sensitive},[0.5,0.5]}``: a mapping keyed by another option's value (OmegaConf
     # interpolates values, never keys), e.g. the target distribution of the dataset's sensitive attribute.
     OmegaConf.register_resolver("dict", lambda key, value: {key: value}, replace=True)
-    return LightningFairCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf+", "version": lightning_fair.__version__},
-        args=args,
-        run=run,
-    )
+    with warnings.catch_warnings():
+        # ``args`` holds the command line itself (with the setup's method settings): not a second one.
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+        return LightningFairCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"parser_mode": "omegaconf+", "version": lightning_fair.__version__},
+            args=args,
+            run=run,
+        )
 
 
 def add_shared_arguments(parser: ArgumentParser, whose: str) -> None:

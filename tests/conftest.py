@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from lightning_fair.classifiers import AttributeClassifier
-from lightning_fair.main import main
 from lightning_fair.data import CelebADataModule, GenerationRequests, SyntheticFaces, SyntheticWaterbirds
+from lightning_fair.main import main
 from lightning_fair.pretraining import DiffusionPretraining
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -18,10 +18,10 @@ from PIL import Image
 
 from lightning_fair.callbacks import FairnessEvaluator
 from lightning_fair.classifiers import load_classifier
-from lightning_fair.main import main
 from lightning_fair.data.generated import from_pixels, write_record
 from lightning_fair.data.requests import RequestBatches
 from lightning_fair.diffusion import SamplerConfig
+from lightning_fair.main import main
 from lightning_fair.methods import ConditionalSampling, PlainSampling
 from lightning_fair.metrics import FairnessSuite
 

@@ -17,11 +17,11 @@ import torch.multiprocessing as mp
 
 from lightning_fair.backbones import load_backbone
 from lightning_fair.classifiers import load_classifier
-from lightning_fair.main import main
 from lightning_fair.data import CelebADataModule
 from lightning_fair.data.dataset import AttributeImageDataset
 from lightning_fair.data.keyed_rows import KeyedRows, split_fingerprint
 from lightning_fair.diffusion import DiffusionSampler, SamplerConfig, Step
+from lightning_fair.main import main
 from lightning_fair.methods import ConditionalSampling, InvDiff
 from lightning_fair.methods.invdiff import group_invariance_loss, mix_eps, optimise_group_weights
 from lightning_fair.methods.invdiff.grouper import group_agreement, per_sample_losses

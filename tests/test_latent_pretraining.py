@@ -14,11 +14,11 @@ from test_reliability_resume import Crash
 from transformers import CLIPTokenizer
 
 import lightning_fair.pretraining.latent as latent_pretraining
-from lightning_fair.main import main
 from lightning_fair.data import CelebADataModule
 from lightning_fair.data.captions import CaptionWriter, caption_words
 from lightning_fair.data.vocabulary import write_tokenizer
 from lightning_fair.diffusion.seeding import training_generators
+from lightning_fair.main import main
 from lightning_fair.models import resolve_model_path
 from lightning_fair.pretraining import LatentDiffusionPretraining, VAEPretraining
 
@@ -250,22 +250,23 @@ def test_configs_fit_the_vae_then_the_pipeline_from_the_command_line(
         "--trainer.max_steps=2",
         "--trainer.limit_val_batches=1",
         "--trainer.enable_progress_bar=false",
-        f"--data.init_args.root={faces_root}",
-        "--data.init_args.synthetic.init_args.num_images=300",  # the settings faces_root was written with
-        "--data.init_args.synthetic.init_args.seed=3",
-        "--data.init_args.batch_size=8",
-        "--data.init_args.num_workers=0",
+        f"--dataset.init_args.root={faces_root}",
+        "--dataset.init_args.synthetic.init_args.num_images=300",  # the settings faces_root was written with
+        "--dataset.init_args.synthetic.init_args.seed=3",
+        "--dataset.init_args.batch_size=8",
+        "--dataset.init_args.num_workers=0",
     ]
     vae = ["--model.init_args.block_out_channels=[8, 8, 8]", "--model.init_args.norm_num_groups=4"]
     unet = [
         f"--model.init_args.{name}={list(value) if isinstance(value, tuple) else value}"
         for name, value in TINY_UNET.items()
     ]
-    configs = REPO_ROOT / "configs" / "synthetic_faces_sd"
-    main(["fit", "-c", str(configs / "pretrain_vae.yaml"), *common, *vae])
+    setup = ["-c", str(REPO_ROOT / "configs" / "setups" / "synthetic_faces_sd.yaml")]
+    training = REPO_ROOT / "configs" / "training"
+    main(["fit", *setup, "-c", str(training / "pretrain_vae.yaml"), *common, *vae])
     assert (tmp_path / "models/synthetic_faces_sd/vae/config.json").is_file()
-    main(["fit", "-c", str(configs / "pretrain_unet.yaml"), *common, *unet])
-    assert (tmp_path / "logs/synthetic_faces_sd/pretrain_unet/version_0/hparams.yaml").is_file()  # model + data
+    main(["fit", *setup, "-c", str(training / "pretrain_latent.yaml"), *common, *unet])
+    assert (tmp_path / "logs/synthetic_faces_sd/pretrain_latent/version_0/hparams.yaml").is_file()  # model + data
     pipeline = StableDiffusionPipeline.from_pretrained(tmp_path / "models/synthetic_faces_sd")
     assert pipeline.unet.config.block_out_channels == [8, 16]
 

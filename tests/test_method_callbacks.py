@@ -44,7 +44,7 @@ def test_checkpoint_folder_and_steps_come_from_the_method(
 ) -> None:
     method = DistributionGuidance(str(tiny_backbone), str(tiny_classifier), target_distributions={"Male": [0.5, 0.5]})
     method.checkpoint_dir = tmp_path / "fit"
-    Trainer(logger=False, default_root_dir=tmp_path).strategy.connect(method)
+    method.trainer = Trainer(logger=False, default_root_dir=tmp_path)
     (callback,) = method.configure_callbacks()
     assert Path(callback.dirpath) == tmp_path / "fit"
     assert callback.filename == "last"
@@ -56,5 +56,27 @@ def test_a_method_without_fit_has_no_checkpoint_callback(tiny_backbone: Path, tm
     trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
     trainer.test(method, GenerationRequests(num_samples=2, batch_size=2))
     assert method.configure_callbacks() == []
+    assert not any(isinstance(callback, ModelCheckpoint) for callback in trainer.callbacks)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_checkpointing_off_writes_no_checkpoint(
+    tiny_backbone: Path, tiny_classifier: Path, faces_requests: GenerationRequests, tmp_path: Path
+) -> None:
+    method = DistributionGuidance(
+        str(tiny_backbone),
+        str(tiny_classifier),
+        target_distributions={"Male": [0.5, 0.5]},
+        sampler={"num_inference_steps": 4},
+    )
+    trainer = Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(method, faces_requests)
     assert not any(isinstance(callback, ModelCheckpoint) for callback in trainer.callbacks)
     assert not (tmp_path / "checkpoints").exists()

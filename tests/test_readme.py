@@ -10,8 +10,8 @@ from types import ModuleType
 import pytest
 import torch
 
-from lightning_fair.main import main
 from lightning_fair.diffusion import SamplerConfig
+from lightning_fair.main import main
 from lightning_fair.methods import ConditionalSampling, PlainSampling, method_registry
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -20,9 +20,9 @@ from lightning_fair.callbacks import FairnessEvaluator
 from lightning_fair.callbacks.progress_log import ProgressLog
 from lightning_fair.classifiers import AttributeClassifier, load_classifier
 from lightning_fair.cli import build_cli
-from lightning_fair.main import configuration_error, main
 from lightning_fair.data import CelebADataModule, GenerationRequests
 from lightning_fair.data.base import available_workers
+from lightning_fair.main import configuration_error, main
 from lightning_fair.methods import ConditionalSampling, DistributionGuidance
 from lightning_fair.metrics import validate_distribution
 from lightning_fair.pretraining import DiffusionPretraining
@@ -132,7 +132,8 @@ def test_missing_classifier_hint_fits_a_classifier(dg: Path, tmp_path: Path, cli
     line = cli_error(["test", "-c", str(dg), f"--model.init_args.classifier={missing}"])
     assert line.startswith(f"error: No attribute classifier at '{missing}' and no shipped model named '{missing}'")
     assert line.endswith(
-        "Models are never downloaded: train one with `lightning-fair fit -c configs/<dataset>/classifier.yaml`, "
+        "Models are never downloaded: train one with `lightning-fair fit -c configs/setups/<setup>.yaml -c "
+        "configs/training/classifier.yaml`, "
         "or give the path of a local one."
     )
 
@@ -496,8 +497,11 @@ def test_auto_workers_fit_the_machine(
 
 @pytest.mark.parametrize("dataset", ["celeba", "waterbirds"])
 def test_classifier_configs_ask_for_the_workers_the_machine_has(dataset: str, tmp_path: Path) -> None:
-    config = REPO_ROOT / "configs" / dataset / "classifier.yaml"
-    cli = build_cli(["-c", str(config), "--data.init_args.root=/data", "--trainer.logger=false"], run=False)
+    setup, config = (
+        REPO_ROOT / "configs" / "setups" / f"{dataset}.yaml",
+        REPO_ROOT / "configs" / "training" / "classifier.yaml",
+    )
+    cli = build_cli(["-c", str(setup), "-c", str(config), "--trainer.logger=false"], run=False)
     assert cli.datamodule.num_workers == "auto"
     assert cli.datamodule.workers == available_workers()
 
@@ -534,7 +538,8 @@ def test_progress_log_writes_a_line_per_interval(faces_root: Path, tmp_path: Pat
 def test_command_line_logs_progress_when_output_is_not_a_terminal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, progress_lines: list[str]
 ) -> None:
-    config = str(REPO_ROOT / "configs" / "synthetic_faces" / "classifier.yaml")
+    config = ["-c", str(REPO_ROOT / "configs" / "setups" / "synthetic_faces.yaml")]
+    config += ["-c", str(REPO_ROOT / "configs" / "training" / "classifier.yaml")]
     tiny = [
         "--trainer.max_epochs=1",
         "--trainer.limit_val_batches=1",
@@ -542,16 +547,16 @@ def test_command_line_logs_progress_when_output_is_not_a_terminal(
         "--trainer.enable_checkpointing=false",
         "--trainer.callbacks=[]",
         "--model.init_args.model_name=test_resnet",
-        f"--data.init_args.root={tmp_path / 'faces'}",
-        "--data.init_args.synthetic.init_args.num_images=100",
-        "--data.init_args.batch_size=40",
-        "--data.init_args.num_workers=0",
+        f"--dataset.init_args.root={tmp_path / 'faces'}",
+        "--dataset.init_args.synthetic.init_args.num_images=100",
+        "--dataset.init_args.batch_size=40",
+        "--dataset.init_args.num_workers=0",
     ]
-    cli = build_cli(["fit", "-c", config, *tiny])
+    cli = build_cli(["fit", *config, *tiny])
     assert isinstance(cli.trainer.progress_bar_callback, ProgressLog)
     assert any(re.match(r"Training epoch 1/1: batch 2/2 \(100%\)", line) for line in progress_lines)
     monkeypatch.setattr("sys.stdout.isatty", lambda: True)
-    cli = build_cli(["-c", config, *tiny], run=False)
+    cli = build_cli([*config, *tiny], run=False)
     assert isinstance(cli.trainer.progress_bar_callback, TQDMProgressBar | RichProgressBar)
 
 

@@ -23,8 +23,8 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from lightning_fair.callbacks import FairnessEvaluator
 from lightning_fair.callbacks.fairness_evaluator import write_metrics
 from lightning_fair.classifiers import load_classifier
-from lightning_fair.main import main
 from lightning_fair.data import CelebADataModule
+from lightning_fair.main import main
 from lightning_fair.metrics import FairnessSuite, FeatureDistance
 from lightning_fair.metrics.quality import reference_cache_key
 

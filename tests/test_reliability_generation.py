@@ -22,8 +22,8 @@ from lightning.pytorch import Trainer
 from PIL import Image
 
 from lightning_fair.callbacks import GenerationWriter
-from lightning_fair.main import main
 from lightning_fair.data.generated import MANIFEST, TABLE
+from lightning_fair.main import main
 
 NUM_SAMPLES = 12  # three global batches of 4; the grid shows samples 0-3
 

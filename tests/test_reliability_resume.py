@@ -14,11 +14,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
-from config_files import command_configs
+from config_files import RUN_CONFIGS
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -27,12 +28,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_fair.classifiers
 import lightning_fair.methods
-from lightning_fair.main import main
+import lightning_fair.pretraining
 from lightning_fair.data import CelebADataModule
+from lightning_fair.main import main
+from lightning_fair.methods import DebiasingMethod
 from lightning_fair.pretraining import DiffusionPretraining
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = command_configs()
 METHODS = ["pretraining", "distribution_guidance", "attribute_switching", "classifier"]
 
 
@@ -41,20 +43,45 @@ METHODS = ["pretraining", "distribution_guidance", "attribute_switching", "class
 
 def model_class(config: dict) -> type:
     name = config["model"]["class_path"].rsplit(".", 1)[-1]
-    for module in (lightning_fair.methods, lightning_fair.classifiers):
+    for module in (lightning_fair.methods, lightning_fair.pretraining, lightning_fair.classifiers):
         if hasattr(module, name):
             return getattr(module, name)
     raise LookupError(f"Unknown model class {name}")
 
 
 def fit_configs() -> list[Path]:
-    """The configs whose model trains something (the others have no ``fit``)."""
+    """The method and training configs whose model trains something (the others have no ``fit``)."""
     configs = []
-    for path in CONFIGS:
+    for path in RUN_CONFIGS:
         cls = model_class(yaml.safe_load(path.read_text()))
         if is_overridden("training_step", parent=LightningModule, instance=cls):
             configs.append(path)
     return configs
+
+
+def checkpoint_callbacks(config: Path, folder: Path) -> list[ModelCheckpoint]:
+    """The checkpoint callbacks a fit of ``config`` runs with, writing into ``folder``.
+
+    A debiasing method supplies its own (``configure_callbacks``, called here on a stand-in for a module that needs
+    a fit); a training config lists them.
+    """
+    options = yaml.safe_load(config.read_text())
+    cls = model_class(options)
+    if issubclass(cls, DebiasingMethod):
+        trainer = SimpleNamespace(checkpoint_callbacks=[None], default_root_dir=folder)
+        stand_in = SimpleNamespace(
+            needs_fit=True,
+            trainer=trainer,
+            checkpoint_dir=folder,
+            checkpoint_every_n_steps=cls.checkpoint_every_n_steps,
+        )
+        return DebiasingMethod.configure_callbacks(stand_in)
+    entries = options["trainer"]["callbacks"]
+    return [
+        ModelCheckpoint(**{**entry["init_args"], "dirpath": str(folder)})
+        for entry in entries
+        if entry["class_path"].endswith("ModelCheckpoint")
+    ]
 
 
 class Stub(LightningModule):
@@ -100,10 +127,7 @@ class NewestCheckpointAge(Callback):
 @pytest.mark.parametrize("config", fit_configs(), ids=lambda path: str(path.relative_to(REPO_ROOT / "configs")))
 def test_fit_config_keeps_a_resumable_last_checkpoint(config: Path, tmp_path: Path) -> None:
     """The config's checkpoint callbacks, on a stub fit, keep a last*.ckpt at most an epoch (or N steps) old."""
-    callbacks = []
-    for entry in yaml.safe_load(config.read_text())["trainer"]["callbacks"]:
-        if entry["class_path"].endswith("ModelCheckpoint"):
-            callbacks.append(ModelCheckpoint(**{**entry["init_args"], "dirpath": str(tmp_path)}))
+    callbacks = checkpoint_callbacks(config, tmp_path)
     assert callbacks, f"{config} trains but has no ModelCheckpoint"
     step_interval = max(callback._every_n_train_steps for callback in callbacks)
     batches_per_epoch = step_interval or 4

@@ -15,6 +15,7 @@ from lightning_fair.report.command import planned_runs, report_parser, run_repor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_FITS = ["distribution_guidance", "h_sample_guidance", "attribute_switching", "self_guidance"]
+SHIPPED_REPORT = ["-c", "configs/report/synthetic_faces.yaml"]  # the shipped report's options, from the repository
 
 
 def test_report_writes_rows_pictures_and_pages(
@@ -115,9 +116,8 @@ def test_shipped_fits_load_into_the_shipped_configs(
     monkeypatch.chdir(REPO_ROOT)
     rows = run_report(
         [
-            "-c",
-            "configs/report/synthetic_faces.yaml",
-            f"--methods=[{', '.join(SHIPPED_FITS)}]",
+            *SHIPPED_REPORT,
+            f"--methods=[{method}]",  # plain, then the method: its own shipped fit, and no other
             "--protocol.num_samples=2",
             "--protocol.steps=25",  # the steps the ADPs were fitted for
             "--evaluator.reference=null",
@@ -126,8 +126,10 @@ def test_shipped_fits_load_into_the_shipped_configs(
             f"--output={tmp_path / 'report'}",
         ]
     )
-    assert [row["fit"] for row in rows] == ["none"] + ["given"] * len(SHIPPED_FITS)
-    assert [Path(row["fit_folder"]).name for row in rows[1:]] == SHIPPED_FITS
+    assert [(row["method"], row["fit"]) for row in rows] == [("plain", "none"), (method, "given")]
+    folder = REPO_ROOT / "lightning_fair" / "models" / "synthetic_faces_fits" / method
+    assert Path(rows[1]["fit_folder"]).resolve() == folder.resolve()
+    assert Path(rows[1]["checkpoint"]).resolve() == (folder / "fitted.ckpt").resolve()
 
 
 def write_config(path: Path, logs: Path, model: str, calibration_samples: int = 3) -> None:

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from lightning_fair.cli import build_cli
-from lightning_fair.main import main
 from lightning_fair.data.keyed_rows import KeyedRows
+from lightning_fair.main import main
 from lightning_fair.methods import PlainSampling, SelfGuidance
 from lightning_fair.methods.lifecycle.calibration import choose_scale, fd_tolerance
 from lightning_fair.methods.self_guidance import TimmFeatures, fit_clusters, solve_cluster_weights

@@ -5,18 +5,20 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from lightning_fair.main import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CUSTOM = REPO_ROOT / "configs" / "custom"
+SETUPS = REPO_ROOT / "configs" / "setups"
+METHOD_CONFIGS = REPO_ROOT / "configs" / "methods"
+TRAINING = REPO_ROOT / "configs" / "training"
 METHODS = ["plain", "conditional", "distribution_guidance", "h_sample_guidance", "attribute_switching", "self_guidance"]
 
 
@@ -42,30 +44,24 @@ def write_striped_dataset(root: Path, count: int = 96, seed: int = 0) -> None:
 
 
 def setup_file(folder: Path, classifier: str, backbone: str) -> Path:
-    """``my_setup.yaml`` of the walkthrough for the striped dataset."""
+    """``my_setup.yaml``: the walkthrough's copy of configs/setups/shapes.yaml, naming the striped dataset."""
+    setup = yaml.safe_load((SETUPS / "shapes.yaml").read_text())
+    setup["dataset"]["init_args"] = {
+        "root": "data/striped",
+        "csv_file": "meta.csv",
+        "image_column": "path",
+        "split_column": "fold",
+        "split_values": {"train": "tr", "val": "va", "test": "te"},
+        "attributes": ["stripes", "big"],
+        "sensitive": "stripes",
+        "target": "big",
+        "image_size": 16,
+        "batch_size": 16,
+        "num_workers": 0,
+    }
+    setup["classifier"], setup["backbone"] = classifier, backbone
     path = folder / "my_setup.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            dataset:
-              class_path: AttributeCSVDataModule
-              init_args:
-                root: data/striped
-                csv_file: meta.csv
-                image_column: path
-                split_column: fold
-                split_values: {{train: tr, val: va, test: te}}
-                attributes: [stripes, big]
-                sensitive: stripes
-                target: big
-                image_size: 16
-                batch_size: 16
-                num_workers: 0
-            classifier: {classifier}
-            backbone: {backbone}
-            """
-        )
-    )
+    path.write_text(yaml.safe_dump(setup, sort_keys=False))
     return path
 
 
@@ -81,15 +77,15 @@ def test_the_walkthrough_runs_from_a_csv_dataset_to_a_report(walkthrough: Path) 
     classifier, backbone = "runs/classifier/checkpoints/best.ckpt", "runs/pretrain_unet/model"
     setup = str(setup_file(walkthrough, classifier, backbone))
     tiny_classifier = ["--model.init_args.model_name=test_resnet", "--trainer.max_epochs=1"]
-    main(["fit", "-c", str(CUSTOM / "classifier.yaml"), "-c", setup, *tiny_classifier])
-    main(["test", "-c", str(CUSTOM / "classifier.yaml"), "-c", setup, *tiny_classifier, f"--ckpt_path={classifier}"])
+    main(["fit", "-c", setup, "-c", str(TRAINING / "classifier.yaml"), *tiny_classifier])
+    main(["test", "-c", setup, "-c", str(TRAINING / "classifier.yaml"), *tiny_classifier, f"--ckpt_path={classifier}"])
     tiny_unet = [
         "--model.init_args.block_out_channels=[8, 16]",
         "--model.init_args.norm_num_groups=4",
         "--trainer.max_steps=2",
         "--trainer.limit_val_batches=1",
     ]
-    main(["fit", "-c", str(CUSTOM / "pretrain_unet.yaml"), "-c", setup, *tiny_unet])
+    main(["fit", "-c", setup, "-c", str(TRAINING / "pretrain_unet.yaml"), *tiny_unet])
     assert (walkthrough / backbone / "model_index.json").is_file()
 
     tiny_fits = {
@@ -108,10 +104,8 @@ def test_the_walkthrough_runs_from_a_csv_dataset_to_a_report(walkthrough: Path) 
         [
             "report",
             "-c",
-            str(CUSTOM / "report.yaml"),
-            "-c",
-            setup,
-            f"--configs_dir={CUSTOM}",
+            str(REPO_ROOT / "configs" / "report" / "default.yaml"),
+            f"--setup={setup}",
             "--protocol={num_samples: 8, steps: 2, seed: 0, accelerator: cpu, condition_draw: balanced}",
             "--comparison_samples=2",
             f"--overrides={json.dumps(tiny_fits)}",
@@ -135,43 +129,43 @@ def test_the_walkthrough_runs_from_a_csv_dataset_to_a_report(walkthrough: Path) 
             assert [float(line[option]) for line in csv.DictReader(handle)] == scales  # calibrated in the fit
 
 
-def test_custom_configs_name_only_the_users_parts(walkthrough: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_method_configs_name_only_the_setups_parts(walkthrough: Path, capsys: pytest.CaptureFixture[str]) -> None:
     setup = str(setup_file(walkthrough, "my/classifier.ckpt", "my/unet"))
-    for config in sorted(CUSTOM.glob("*.yaml")):
-        if config.name == "report.yaml":
-            continue
-        subcommand = "fit" if config.stem in ("classifier", "pretrain_unet") else "test"
+    for config in [*sorted(METHOD_CONFIGS.glob("*.yaml")), *sorted(TRAINING.glob("*.yaml"))]:
+        subcommand = "fit" if config.parent == TRAINING else "test"
         capsys.readouterr()
         with pytest.raises(SystemExit) as exit_info:
-            main([subcommand, "-c", str(config), "-c", setup, "--print_config"])
+            main([subcommand, "-c", setup, "-c", str(config), "--print_config"])
         assert exit_info.value.code == 0
         printed = capsys.readouterr().out
         assert "synthetic" not in printed.lower(), config.name
-        assert "Male" not in printed, config.name
+        if config.stem != "distribution_guidance_joint":  # it names its two attributes
+            assert "Male" not in printed, config.name
+        assert "root: data/striped" in printed, config.name
         if subcommand == "test":
             assert printed.count("my/unet") == 2, config.name  # the top-level backbone and the model's
             assert "classifier: my/classifier.ckpt" in printed, config.name
-            assert "root: data/striped" in printed, config.name
 
 
-def test_a_shared_option_the_config_does_not_follow_is_refused(tiny_backbone: Path, cli_error: Callable) -> None:
-    config = REPO_ROOT / "configs" / "synthetic_faces" / "plain.yaml"
-    line = cli_error(["test", "-c", str(config), f"--backbone={tiny_backbone}"])
+def test_a_shared_option_the_config_does_not_follow_is_refused(
+    tiny_backbone: Path, cli_error: Callable, tmp_path: Path
+) -> None:
+    own = tmp_path / "own_backbone.yaml"
+    own.write_text("name: own\nmodel: {class_path: PlainSampling, init_args: {backbone: synthetic_faces_unet}}\n")
+    line = cli_error(
+        ["test", "-c", str(SETUPS / "synthetic_faces.yaml"), "-c", str(own), f"--backbone={tiny_backbone}"]
+    )
     assert line.startswith(f"error: Option 'backbone' is '{tiny_backbone}' but model.init_args.backbone is ")
     assert "this config does not follow 'backbone'" in line
 
 
-def test_the_fairness_benchmark_reads_the_setup_file(walkthrough: Path) -> None:
+def test_the_fairness_benchmark_runs_methods_on_a_setup(walkthrough: Path) -> None:
     spec = importlib.util.spec_from_file_location("fairness", REPO_ROOT / "benchmarks" / "fairness.py")
     fairness = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fairness)
-    shared = fairness.shared_parts(str(setup_file(walkthrough, "my/classifier.ckpt", "my/unet")))
-    assert (shared.backbone, shared.classifier, shared.dataset["init_args"]["sensitive"]) == (
-        "my/unet",
-        "my/classifier.ckpt",
-        "stripes",
-    )
-    assert "--classifier=my/classifier.ckpt" in shared.overrides()
-    (walkthrough / "other.yaml").write_text("model: {class_path: PlainSampling}\n")
-    with pytest.raises(SystemExit, match="--setup expects a YAML file of dataset, classifier and backbone"):
-        fairness.shared_parts(str(walkthrough / "other.yaml"))
+    assert fairness.method_config("plain", {}) == METHOD_CONFIGS / "plain.yaml"
+    assert fairness.method_config("mine", {"mine": str(setup_file(walkthrough, "c", "b"))}).name == "my_setup.yaml"
+    with pytest.raises(SystemExit, match="No config for method 'nope'"):
+        fairness.method_config("nope", {})
+    with pytest.raises(SystemExit, match="--setup: no setup config at missing.yaml"):
+        fairness.main(["--setup=missing.yaml"])

@@ -308,9 +308,10 @@ class DebiasingMethod(RunHooks, CheckpointHygiene, LightningModule):
 
         It is written at the end of every training epoch (after the method's own ``on_train_epoch_end``, so a scale
         calibrated there is in it), or every ``checkpoint_every_n_steps`` steps where the method sets them, into
-        ``checkpoint_dir`` when it is set, else ``checkpoints/`` in the trainer's ``default_root_dir``.
+        ``checkpoint_dir`` when it is set, else ``checkpoints/`` in the trainer's ``default_root_dir``. None when the
+        trainer has checkpointing off (``enable_checkpointing: false``).
         """
-        if not self.needs_fit:
+        if not self.needs_fit or not self.trainer.checkpoint_callbacks:
             return []
         folder = self.checkpoint_dir or Path(self.trainer.default_root_dir) / "checkpoints"
         checkpoint = ModelCheckpoint(

@@ -11,8 +11,12 @@ import torch
 
 SHIPPED_MODELS_DIR = Path(__file__).parent
 CONDITIONING_FILE = "lightning_fair.json"  # written next to a diffusers model: its conditioning and training view
-DIFFUSION_RECIPE = "train one with `lightning-fair fit -c configs/setups/<setup>.yaml -c configs/training/pretrain_unet.yaml`"
-CLASSIFIER_RECIPE = "train one with `lightning-fair fit -c configs/setups/<setup>.yaml -c configs/training/classifier.yaml`"
+DIFFUSION_RECIPE = (
+    "train one with `lightning-fair fit -c configs/setups/<setup>.yaml -c configs/training/pretrain_unet.yaml`"
+)
+CLASSIFIER_RECIPE = (
+    "train one with `lightning-fair fit -c configs/setups/<setup>.yaml -c configs/training/classifier.yaml`"
+)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
 
 

@@ -10,6 +10,7 @@ from jsonargparse import ArgumentParser, Namespace, set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import OmegaConf
 
 import lightning_fair  # the submodule imports below register the classes for short names in configs
@@ -156,7 +157,22 @@ class LightningFairCLI(LightningCLI):
         if path is not None and str(path) not in SPECIAL_CHECKPOINTS and not str(path).startswith("registry:"):
             read_checkpoint(path, "--ckpt_path")
 
-    before_fit = before_validate = before_test = before_predict = _check_ckpt_path
+    def before_fit(self) -> None:
+        """Checks ``--ckpt_path``; ``last`` resumes a method's fit from its own ``last.ckpt`` (if there is one).
+
+        A method supplies its checkpoint callback when the fit starts, after Lightning has looked for ``last`` among
+        the trainer's callbacks, so the CLI names the file itself.
+        """
+        self._check_ckpt_path()
+        config = self.config_init.get(str(self.subcommand), self.config_init)
+        if config.get("ckpt_path") != "last" or not hasattr(self.model, "checkpoint_folder"):
+            return
+        last = self.model.checkpoint_folder(self.trainer.default_root_dir) / "last.ckpt"
+        config["ckpt_path"] = str(last) if last.is_file() else None
+        if not last.is_file():
+            rank_zero_warn(f"--ckpt_path last: no {last} yet, so the fit starts from the beginning")
+
+    before_validate = before_test = before_predict = _check_ckpt_path
 
 
 def _data_identity(data: Any) -> tuple[Any, Any] | None:

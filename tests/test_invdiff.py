@@ -261,9 +261,8 @@ def invdiff_config(tiny_backbone: Path, tiny_classifier: Path, faces_root: Path,
           logger:
             class_path: lightning.pytorch.loggers.CSVLogger
             init_args: {{save_dir: {tmp_path / "logs"}, name: {name}}}
+          default_root_dir: {tmp_path / name}  # the method's checkpoints/last.ckpt goes there
           callbacks:
-            - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-              init_args: {{dirpath: {tmp_path / name}, filename: last}}
             - class_path: FairnessEvaluator
               init_args: {{classifier: {tiny_classifier}, sensitive: Blond_Hair}}
         model:
@@ -313,12 +312,12 @@ def test_fit_infers_groups_trains_the_delta_only_and_tests(invdiff_config: Calla
     report = (tmp_path / "groups.json").read_text()
     assert '"nmi"' in report
     assert '"pass_seconds"' in report
-    checkpoint = torch.load(tmp_path / "invdiff" / "last.ckpt", weights_only=True)
+    checkpoint = torch.load(tmp_path / "invdiff" / "checkpoints" / "last.ckpt", weights_only=True)
     keys = checkpoint["state_dict"].keys()
     assert keys
     assert all(key.startswith("delta.") for key in keys)
     assert checkpoint["state_dict"]["delta.conv_out.weight"].abs().sum() > 0  # it trained
-    main(["test", "-c", str(config), "--ckpt_path", str(tmp_path / "invdiff" / "last.ckpt")])
+    main(["test", "-c", str(config), "--ckpt_path", str(tmp_path / "invdiff" / "checkpoints" / "last.ckpt")])
     metrics = next((tmp_path / "logs" / "invdiff").glob("version_*/metrics.json")).read_text()
     assert '"bias_score/Male=0"' in metrics
     assert '"bias_score_by/Male"' in metrics
@@ -335,7 +334,7 @@ def test_groups_file_of_another_split_is_refused(invdiff_config: Callable, tmp_p
 def test_oracle_groups_train_without_a_groups_file(invdiff_config: Callable, tmp_path: Path) -> None:
     main(["fit", "-c", str(invdiff_config(name="oracle", model="groups: labels"))])
     assert not (tmp_path / "groups.safetensors").exists()
-    assert (tmp_path / "oracle" / "last.ckpt").is_file()
+    assert (tmp_path / "oracle" / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_bias_score_within_each_requested_class(tiny_classifier: Path) -> None:

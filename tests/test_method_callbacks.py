@@ -9,7 +9,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_fair.data import GenerationRequests
-from lightning_fair.methods import DistributionGuidance, InvDiff, PlainSampling, SelfGuidance
+from lightning_fair.methods import DistributionGuidance, PlainSampling
 
 
 def test_a_fit_writes_last_checkpoint(
@@ -39,16 +39,15 @@ def test_a_fit_writes_last_checkpoint(
     assert not any(key.startswith(("backbone.", "classifier.")) for key in checkpoint["state_dict"])
 
 
-def test_checkpoint_folder_and_steps_come_from_the_method(
-    tiny_backbone: Path, tiny_classifier: Path, tmp_path: Path
-) -> None:
+def test_checkpoint_folder_comes_from_the_method(tiny_backbone: Path, tiny_classifier: Path, tmp_path: Path) -> None:
     method = DistributionGuidance(str(tiny_backbone), str(tiny_classifier), target_distributions={"Male": [0.5, 0.5]})
     method.checkpoint_dir = tmp_path / "fit"
     method.trainer = Trainer(logger=False, default_root_dir=tmp_path)
     (callback,) = method.configure_callbacks()
     assert Path(callback.dirpath) == tmp_path / "fit"
     assert callback.filename == "last"
-    assert InvDiff.checkpoint_every_n_steps == SelfGuidance.checkpoint_every_n_steps == 200
+    assert callback._every_n_epochs == 1
+    assert callback._save_on_train_epoch_end
 
 
 def test_a_method_without_fit_has_no_checkpoint_callback(tiny_backbone: Path, tmp_path: Path) -> None:

@@ -69,12 +69,7 @@ def checkpoint_callbacks(config: Path, folder: Path) -> list[ModelCheckpoint]:
     cls = model_class(options)
     if issubclass(cls, DebiasingMethod):
         trainer = SimpleNamespace(checkpoint_callbacks=[None], default_root_dir=folder)
-        stand_in = SimpleNamespace(
-            needs_fit=True,
-            trainer=trainer,
-            checkpoint_dir=folder,
-            checkpoint_every_n_steps=cls.checkpoint_every_n_steps,
-        )
+        stand_in = SimpleNamespace(needs_fit=True, trainer=trainer, checkpoint_folder=lambda root: folder)
         return DebiasingMethod.configure_callbacks(stand_in)
     entries = options["trainer"]["callbacks"]
     return [

@@ -112,9 +112,8 @@ def self_guidance_config(tiny_backbone: Path, tiny_classifier: Path, faces_root:
           logger:
             class_path: lightning.pytorch.loggers.CSVLogger
             init_args: {{save_dir: {tmp_path / "logs"}, name: {name}}}
+          default_root_dir: {tmp_path / name}  # the method's checkpoints/last.ckpt goes there
           callbacks:
-            - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-              init_args: {{dirpath: {tmp_path / name}, filename: last}}
             - class_path: FairnessEvaluator
               init_args: {{classifier: {tiny_classifier}, sensitive: Male}}
         model:
@@ -155,14 +154,14 @@ def test_fit_clusters_trains_the_embedding_only_and_tests(self_guidance_config: 
     assert clusters.provenance["features"].startswith("hspace")
     report = (tmp_path / "clusters.json").read_text()
     assert '"share_Male"' in report
-    checkpoint = torch.load(tmp_path / "self_guidance" / "last.ckpt", weights_only=True)
+    checkpoint = torch.load(tmp_path / "self_guidance" / "checkpoints" / "last.ckpt", weights_only=True)
     keys = set(checkpoint["state_dict"])
     assert keys == {"cluster_frequencies"} | {key for key in keys if key.startswith("embedding.")}
     torch.testing.assert_close(
         checkpoint["state_dict"]["cluster_frequencies"], cluster_frequencies(clusters.tensors["assignments"], 4).float()
     )
     assert checkpoint["state_dict"]["embedding.layers.2.weight"].abs().sum() > 0  # it trained
-    main(["test", "-c", str(config), "--ckpt_path", str(tmp_path / "self_guidance" / "last.ckpt")])
+    main(["test", "-c", str(config), "--ckpt_path", str(tmp_path / "self_guidance" / "checkpoints" / "last.ckpt")])
     assert next((tmp_path / "logs" / "self_guidance").glob("version_*/metrics.json")).is_file()
 
 
@@ -180,7 +179,7 @@ def test_target_draws_reuse_a_label_free_fit(
 ) -> None:
     config = self_guidance_config()
     main(["fit", "-c", str(config)])
-    checkpoint = str(tmp_path / "self_guidance" / "last.ckpt")
+    checkpoint = str(tmp_path / "self_guidance" / "checkpoints" / "last.ckpt")
     target = [
         "--model.init_args.cluster_distribution=target",
         f"--model.init_args.classifier={tiny_classifier}",
@@ -217,13 +216,14 @@ def test_lora_adapters_train_with_the_embedding_and_only_they_are_checkpointed(
 ) -> None:
     config = self_guidance_config(model="lora_rank: 2\n            lora_target_modules: [conv1, conv2]")
     main(["fit", "-c", str(config)])
-    state = torch.load(tmp_path / "self_guidance" / "last.ckpt", weights_only=True)["state_dict"]
+    state = torch.load(tmp_path / "self_guidance" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     unet_keys = {key for key in state if key.startswith("backbone.")}
     assert unet_keys
     assert all(".lora_A." in key or ".lora_B." in key for key in unet_keys)
     assert any(state[key].abs().sum() > 0 for key in unet_keys if ".lora_B." in key)  # B starts at zero: it trained
     cli = build_cli(["-c", str(config)], run=False)
-    cli.trainer.test(cli.model, cli.datamodule, ckpt_path=str(tmp_path / "self_guidance" / "last.ckpt"), verbose=False)
+    last = tmp_path / "self_guidance" / "checkpoints" / "last.ckpt"
+    cli.trainer.test(cli.model, cli.datamodule, ckpt_path=str(last), verbose=False)
     loaded = cli.model.state_dict()
     for key, value in state.items():
         torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
@@ -252,6 +252,6 @@ def test_fit_calibrates_the_cfg_scale_toward_the_target(
     fd, fid = ([float(row[name]) for row in rows] for name in ("FD to target", "fid_cls"))
     chosen, _ = choose_scale(scales, fd, fid, fd_tolerance([torch.tensor([0.5, 0.5])], 4))
     assert scales == [1.0, 3.0]
-    checkpoint = tmp_path / "self_guidance" / "last.ckpt"
+    checkpoint = tmp_path / "self_guidance" / "checkpoints" / "last.ckpt"
     assert torch.load(checkpoint, weights_only=True)["lightning_fair"]["cfg_scale"] == chosen
     assert SelfGuidance.load_from_checkpoint(checkpoint).sampler.config.cfg_scale == chosen

@@ -54,7 +54,6 @@ class DebiasingMethod(RunHooks, CheckpointHygiene, LightningModule):
     """
 
     name: ClassVar[str] = ""
-    checkpoint_every_n_steps: ClassVar[int | None] = None
 
     def __init__(
         self, backbone: str, sampler: SamplerConfig | None = None, seed: int = 0, prompts: Prompts | None = None
@@ -303,25 +302,22 @@ class DebiasingMethod(RunHooks, CheckpointHygiene, LightningModule):
         """No optimizer unless a subclass trains something."""
         return None
 
-    def configure_callbacks(self) -> list[Callback]:
-        """The checkpoint of a fit, when the method needs one: ``last.ckpt``, rewritten as the fit goes.
+    def checkpoint_folder(self, default_root_dir: str | Path) -> Path:
+        """Where a fit's ``last.ckpt`` goes: ``checkpoint_dir`` when set, else ``checkpoints/`` in the run's folder."""
+        return Path(self.checkpoint_dir) if self.checkpoint_dir else Path(default_root_dir) / "checkpoints"
 
-        It is written at the end of every training epoch (after the method's own ``on_train_epoch_end``, so a scale
-        calibrated there is in it), or every ``checkpoint_every_n_steps`` steps where the method sets them, into
-        ``checkpoint_dir`` when it is set, else ``checkpoints/`` in the trainer's ``default_root_dir``. None when the
-        trainer has checkpointing off (``enable_checkpointing: false``).
+    def configure_callbacks(self) -> list[Callback]:
+        """The checkpoint of a fit, when the method needs one: ``last.ckpt``, rewritten at the end of every epoch.
+
+        It is written after the method's own ``on_train_epoch_end`` (so a scale calibrated there is in it) into
+        :meth:`checkpoint_folder`. None when the trainer has checkpointing off (``enable_checkpointing: false``).
         """
         if not self.needs_fit or not self.trainer.checkpoint_callbacks:
             return []
-        folder = self.checkpoint_dir or Path(self.trainer.default_root_dir) / "checkpoints"
-        checkpoint = ModelCheckpoint(
-            dirpath=folder,
-            filename="last",
-            enable_version_counter=False,
-            save_on_train_epoch_end=True,
-            every_n_train_steps=self.checkpoint_every_n_steps,
-        )
-        return [checkpoint]
+        folder = self.checkpoint_folder(self.trainer.default_root_dir)
+        return [
+            ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False, save_on_train_epoch_end=True)
+        ]
 
 
 def method_registry() -> dict[str, type[DebiasingMethod]]:

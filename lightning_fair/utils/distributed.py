@@ -41,7 +41,6 @@ class CalibrationAwareDDPStrategy(DDPStrategy):
         return super()._setup_model(model)
 
 
-
 def gather_rows(tensor: Tensor) -> Tensor:
     """The rows of ``tensor`` from every process, concatenated in rank order (``tensor`` itself in a single process).
 

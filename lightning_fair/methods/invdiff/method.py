@@ -82,7 +82,6 @@ class InvDiff(BiasInference, ConditionalSampling):
     """
 
     name = "invdiff"
-    checkpoint_every_n_steps = 200
 
     def __init__(
         self,

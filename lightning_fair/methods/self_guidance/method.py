@@ -112,7 +112,6 @@ class SelfGuidance(SelfAnnotation, TargetClusterWeights, DebiasingMethod):
     """
 
     name = "self_guidance"
-    checkpoint_every_n_steps = 200
 
     def __init__(
         self,

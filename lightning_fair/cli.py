@@ -94,10 +94,11 @@ class LightningFairCLI(LightningCLI):
         }
         dataset, data = config.get("dataset"), config.get("data") or {}
         readers = [data, data.get("init_args", {}).get("train_data"), evaluator.get("init_args", {}).get("reference")]
-        if dataset is not None and _data_identity(dataset) not in [_data_identity(reader) for reader in readers]:
+        images = [identity for identity in map(_data_identity, readers) if identity is not None and identity[1]]
+        if dataset is not None and images and _data_identity(dataset) not in images:
             raise ValueError(
-                "Option 'dataset' is set but neither data, data.init_args.train_data nor "
-                "evaluator.init_args.reference reads it (its class and root): this config does not follow 'dataset'"
+                "Option 'dataset' is set but data, data.init_args.train_data and evaluator.init_args.reference read "
+                "other images (their class and root): this config does not follow 'dataset'"
             )
         for option, places in uses.items():
             value = config.get(option)

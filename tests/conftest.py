@@ -5,9 +5,11 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from lightning_fair.classifiers import AttributeClassifier
 from lightning_fair.data import CelebADataModule, GenerationRequests, SyntheticFaces, SyntheticWaterbirds
@@ -138,3 +140,27 @@ def cli_error(capsys: pytest.CaptureFixture[str]) -> Callable[[list[str]], str]:
         return lines[0]
 
     return run
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[str, dict[str, Any]], Path]:
+    """A function writing a config ``mapping`` to ``tmp_path/<name>.yaml`` (``yaml.safe_dump``); it returns the path.
+
+    Paths in the mapping are written as strings; keys keep their order.
+    """
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(item) for item in value]
+        return value
+
+    def write(name: str, mapping: dict[str, Any]) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(plain(mapping), sort_keys=False))
+        return path
+
+    return write

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -114,20 +114,14 @@ def test_fit_calibrates_tau_and_checkpoints_it(tiny_backbone: Path, tmp_path: Pa
     assert not restored.needs_fit
 
 
-def test_two_processes_find_the_same_tau(tiny_backbone: Path, tmp_path: Path) -> None:
-    config = tmp_path / "switching.yaml"
-    config.write_text(
-        textwrap.dedent(
-            f"""
-            trainer: {{accelerator: cpu, max_epochs: 1, logger: false, enable_progress_bar: false}}
-            model:
-              class_path: AttributeSwitching
-              init_args: {{backbone: {tiny_backbone}, search_steps: 4}}
-            data:
-              class_path: GenerationRequests
-              init_args: {{batch_size: 4, calibration_samples: 7}}
-            """
-        )
+def test_two_processes_find_the_same_tau(tiny_backbone: Path, tmp_path: Path, write_config: Callable) -> None:
+    config = write_config(
+        "switching",
+        {
+            "trainer": {"accelerator": "cpu", "max_epochs": 1, "logger": False, "enable_progress_bar": False},
+            "model": {"class_path": "AttributeSwitching", "init_args": {"backbone": tiny_backbone, "search_steps": 4}},
+            "data": {"class_path": "GenerationRequests", "init_args": {"batch_size": 4, "calibration_samples": 7}},
+        },
     )
     curves = {}
     for devices in (1, 2):

@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-import lightning_fair.report.runs
+import lightning_fair.callbacks.sampling_timer
 from lightning_fair.cli import build_cli
 from lightning_fair.report.runs import fit_key
 
@@ -47,7 +47,7 @@ def test_fairness_benchmark_rows(
     fairness = load_script("fairness")
     # Two runs of two batches each: plain's runs last 3 s and 2 s, conditional's 6 s and 7 s.
     clock = FakeClock([1.0, 2.0, 1.0, 1.0, 3.0, 3.0, 3.0, 4.0])
-    monkeypatch.setattr(lightning_fair.report.runs, "time", clock)
+    monkeypatch.setattr(lightning_fair.callbacks.sampling_timer, "time", clock)
     for name in ("plain", "conditional"):  # each method writes its samples into a folder of its own
         (tmp_path / name).mkdir()
     plain = generation_config(tmp_path / "plain", num_samples=6, method="PlainSampling", name="plain")

@@ -6,7 +6,7 @@ import csv
 import json
 import subprocess
 import sys
-import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -205,39 +205,41 @@ def run_cli(args: list[str], cwd: Path) -> None:
 
 
 def test_two_processes_give_the_global_batch_guidance_of_one(
-    tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp_path: Path
+    tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp_path: Path, write_config: Callable
 ) -> None:
     """2 processes x B/2 get the guidance of 1 x B: the batch distribution is taken over all processes."""
-    config = tmp_path / "guidance.yaml"
-    config.write_text(
-        textwrap.dedent(
-            f"""
-            seed_everything: 0
-            trainer:
-              accelerator: cpu
-              max_steps: 2
-              limit_val_batches: 0
-              enable_progress_bar: false
-              enable_model_summary: false
-              logger: false
-            model:
-              class_path: DistributionGuidance
-              init_args:
-                backbone: {tiny_backbone}
-                classifier: {tiny_classifier}
-                target_distributions: {{Male: [0.2, 0.8]}}
-                guidance_scale: 300.0
-                sampler: {{num_inference_steps: 3, eta: 1.0}}
-            data:
-              class_path: GenerationRequests
-              init_args:
-                num_samples: 9
-                batch_size: 4
-                train_data:
-                  class_path: CelebADataModule
-                  init_args: {{root: {faces_root}, attributes: [Male], sensitive: Male, image_size: 32, batch_size: 8}}
-            """
-        )
+    images = {"root": faces_root, "attributes": ["Male"], "sensitive": "Male", "image_size": 32, "batch_size": 8}
+    config = write_config(
+        "guidance",
+        {
+            "seed_everything": 0,
+            "trainer": {
+                "accelerator": "cpu",
+                "max_steps": 2,
+                "limit_val_batches": 0,
+                "enable_progress_bar": False,
+                "enable_model_summary": False,
+                "logger": False,
+            },
+            "model": {
+                "class_path": "DistributionGuidance",
+                "init_args": {
+                    "backbone": tiny_backbone,
+                    "classifier": tiny_classifier,
+                    "target_distributions": {"Male": [0.2, 0.8]},
+                    "guidance_scale": 300.0,
+                    "sampler": {"num_inference_steps": 3, "eta": 1.0},
+                },
+            },
+            "data": {
+                "class_path": "GenerationRequests",
+                "init_args": {
+                    "num_samples": 9,
+                    "batch_size": 4,
+                    "train_data": {"class_path": "CelebADataModule", "init_args": images},
+                },
+            },
+        },
     )
     checkpoint = tmp_path / "fitted.ckpt"
     run_cli(["fit", "-c", str(config), f"--trainer.default_root_dir={tmp_path}"], cwd=tmp_path)

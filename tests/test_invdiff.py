@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import socket
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -246,56 +245,64 @@ def test_bad_options_are_one_clear_error(tiny_backbone: Path, options: dict, mat
 
 
 @pytest.fixture
-def invdiff_config(tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp_path: Path) -> Callable:
-    """Writes a fit/test config of InvDiff on the tiny models; returns a function of extra model options."""
+def invdiff_config(
+    tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp_path: Path, write_config: Callable
+) -> Callable:
+    """Writes a fit/test config of InvDiff on the tiny models; returns a function of extra model/data options."""
 
-    def write(name: str = "invdiff", model: str = "", data: str = "") -> Path:
-        config = f"""
-        seed_everything: 0
-        trainer:
-          accelerator: cpu
-          max_steps: 3
-          limit_val_batches: 1
-          enable_progress_bar: false
-          enable_model_summary: false
-          logger:
-            class_path: lightning.pytorch.loggers.CSVLogger
-            init_args: {{save_dir: {tmp_path / "logs"}, name: {name}}}
-          default_root_dir: {tmp_path / name}  # the method's checkpoints/last.ckpt goes there
-          callbacks:
-            - class_path: FairnessEvaluator
-              init_args: {{classifier: {tiny_classifier}, sensitive: Blond_Hair}}
-        model:
-          class_path: InvDiff
-          init_args:
-            backbone: {tiny_backbone}
-            groups_file: {tmp_path / "groups.safetensors"}
-            num_groups: 4
-            grouper_steps: 20
-            learning_rate: 1.0e-3
-            warmup_steps: 1
-            sampler: {{num_inference_steps: 2}}
-            {model}
-        data:
-          class_path: GenerationRequests
-          init_args:
-            num_samples: 8
-            batch_size: 4
-            train_data:
-              class_path: CelebADataModule
-              init_args:
-                root: {faces_root}
-                attributes: [Male, Blond_Hair]
-                sensitive: Blond_Hair
-                target: Male
-                image_size: 32
-                batch_size: 16
-                num_workers: 0
-                {data}
-        """
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(textwrap.dedent(config))
-        return path
+    def write(name: str = "invdiff", model: dict | None = None, data: dict | None = None) -> Path:
+        images = {
+            "root": faces_root,
+            "attributes": ["Male", "Blond_Hair"],
+            "sensitive": "Blond_Hair",
+            "target": "Male",
+            "image_size": 32,
+            "batch_size": 16,
+            "num_workers": 0,
+        }
+        config = {
+            "seed_everything": 0,
+            "trainer": {
+                "accelerator": "cpu",
+                "max_steps": 3,
+                "limit_val_batches": 1,
+                "enable_progress_bar": False,
+                "enable_model_summary": False,
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": tmp_path / "logs", "name": name},
+                },
+                "default_root_dir": tmp_path / name,  # the method's checkpoints/last.ckpt goes there
+                "callbacks": [
+                    {
+                        "class_path": "FairnessEvaluator",
+                        "init_args": {"classifier": tiny_classifier, "sensitive": "Blond_Hair"},
+                    }
+                ],
+            },
+            "model": {
+                "class_path": "InvDiff",
+                "init_args": {
+                    "backbone": tiny_backbone,
+                    "groups_file": tmp_path / "groups.safetensors",
+                    "num_groups": 4,
+                    "grouper_steps": 20,
+                    "learning_rate": 1.0e-3,
+                    "warmup_steps": 1,
+                    "sampler": {"num_inference_steps": 2},
+                    **(model or {}),
+                },
+            },
+            "data": {
+                "class_path": "GenerationRequests",
+                "init_args": {
+                    "num_samples": 8,
+                    "batch_size": 4,
+                    "train_data": {"class_path": "CelebADataModule", "init_args": {**images, **(data or {})}},
+                },
+            },
+        }
+        return write_config(name, config)
 
     return write
 
@@ -325,14 +332,14 @@ def test_fit_infers_groups_trains_the_delta_only_and_tests(invdiff_config: Calla
 
 def test_groups_file_of_another_split_is_refused(invdiff_config: Callable, tmp_path: Path, cli_error: Callable) -> None:
     main(["fit", "-c", str(invdiff_config(name="first"))])
-    other = invdiff_config(name="second", data="max_samples_per_split: 100")
+    other = invdiff_config(name="second", data={"max_samples_per_split": 100})
     line = cli_error(["fit", "-c", str(other)])
     assert "Option 'groups_file'" in line
     assert "holds groups of fingerprint" in line
 
 
 def test_oracle_groups_train_without_a_groups_file(invdiff_config: Callable, tmp_path: Path) -> None:
-    main(["fit", "-c", str(invdiff_config(name="oracle", model="groups: labels"))])
+    main(["fit", "-c", str(invdiff_config(name="oracle", model={"groups": "labels"}))])
     assert not (tmp_path / "groups.safetensors").exists()
     assert (tmp_path / "oracle" / "checkpoints" / "last.ckpt").is_file()
 

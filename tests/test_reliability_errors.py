@@ -7,8 +7,7 @@ import logging
 import random
 import re
 import shutil
-import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,50 +38,55 @@ UNREADABLE = (
 )
 
 
-def dg_config(folder: Path, backbone: Path, classifier: Path, faces_root: Path, attribute: str = "Male") -> Path:
+def dg_config(
+    write_config: Callable, backbone: Path, classifier: Path, faces_root: Path, attribute: str = "Male"
+) -> Path:
     """A Distribution Guidance config of the tiny models whose evaluator interpolates the model's options."""
-    config = f"""
-    seed_everything: 0
-    trainer:
-      accelerator: cpu
-      max_epochs: 1
-      limit_train_batches: 1
-      limit_val_batches: 1
-      enable_progress_bar: false
-      enable_model_summary: false
-      logger: false
-      enable_checkpointing: false
-      callbacks:
-        - class_path: FairnessEvaluator
-          init_args:
-            classifier: ${{model.init_args.classifier}}
-            sensitive: Male
-            target_distribution: ${{model.init_args.target_distributions.Male}}
-    model:
-      class_path: DistributionGuidance
-      init_args:
-        backbone: {backbone}
-        classifier: {classifier}
-        target_distributions: {{{attribute}: [0.5, 0.5]}}
-        sampler: {{num_inference_steps: 5}}
-    data:
-      class_path: GenerationRequests
-      init_args:
-        num_samples: 2
-        batch_size: 2
-        train_data:
-          class_path: CelebADataModule
-          init_args:
-            root: {faces_root}
-            attributes: [Male, Blond_Hair]
-            sensitive: Male
-            image_size: 32
-            batch_size: 8
-            num_workers: 0
-    """
-    path = folder / f"dg_{attribute}.yaml"
-    path.write_text(textwrap.dedent(config))
-    return path
+    evaluator = {
+        "classifier": "${model.init_args.classifier}",
+        "sensitive": "Male",
+        "target_distribution": "${model.init_args.target_distributions.Male}",
+    }
+    images = {
+        "root": faces_root,
+        "attributes": ["Male", "Blond_Hair"],
+        "sensitive": "Male",
+        "image_size": 32,
+        "batch_size": 8,
+        "num_workers": 0,
+    }
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "max_epochs": 1,
+            "limit_train_batches": 1,
+            "limit_val_batches": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": False,
+            "enable_checkpointing": False,
+            "callbacks": [{"class_path": "FairnessEvaluator", "init_args": evaluator}],
+        },
+        "model": {
+            "class_path": "DistributionGuidance",
+            "init_args": {
+                "backbone": backbone,
+                "classifier": classifier,
+                "target_distributions": {attribute: [0.5, 0.5]},
+                "sampler": {"num_inference_steps": 5},
+            },
+        },
+        "data": {
+            "class_path": "GenerationRequests",
+            "init_args": {
+                "num_samples": 2,
+                "batch_size": 2,
+                "train_data": {"class_path": "CelebADataModule", "init_args": images},
+            },
+        },
+    }
+    return write_config(f"dg_{attribute}", config)
 
 
 @pytest.fixture(autouse=True)
@@ -92,8 +96,8 @@ def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def dg(tmp_path: Path, tiny_backbone: Path, tiny_classifier: Path, faces_root: Path) -> Path:
-    return dg_config(tmp_path, tiny_backbone, tiny_classifier, faces_root)
+def dg(write_config: Callable, tiny_backbone: Path, tiny_classifier: Path, faces_root: Path) -> Path:
+    return dg_config(write_config, tiny_backbone, tiny_classifier, faces_root)
 
 
 @pytest.fixture
@@ -215,9 +219,9 @@ def test_data_image_size_against_the_backbone(dg: Path, faces_root: Path, tiny_b
 
 
 def test_misspelt_attribute_names_the_interpolating_option(
-    tmp_path: Path, tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, cli_error
+    write_config: Callable, tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, cli_error
 ) -> None:
-    config = dg_config(tmp_path, tiny_backbone, tiny_classifier, faces_root, attribute="Mael")
+    config = dg_config(write_config, tiny_backbone, tiny_classifier, faces_root, attribute="Mael")
     assert cli_error(["test", "-c", str(config)]) == (
         "error: Option trainer.callbacks[0].init_args.target_distribution refers to "
         "model.init_args.target_distributions.Male, which the config does not set"

@@ -1,52 +1,95 @@
-"""``lightning-fair report``: the rows of the benchmark, a report folder with its pictures, cached fits."""
+"""``lightning-fair report``: a setup's methods on one protocol, a report folder with its pictures, cached fits."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lightning_fair.main import main
 from lightning_fair.report.command import planned_runs, report_parser, run_report
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+METHODS = REPO_ROOT / "configs" / "methods"
 SHIPPED_FITS = ["distribution_guidance", "h_sample_guidance", "attribute_switching", "self_guidance"]
 SHIPPED_REPORT = ["-c", "configs/report/synthetic_faces.yaml"]  # the shipped report's options, from the repository
+PROTOCOL = "{num_samples: 4, steps: 2, seed: 0, accelerator: cpu, condition_draw: balanced}"
+
+
+@pytest.fixture
+def tiny_setup(tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp_path: Path) -> Callable[..., Path]:
+    """Writes a setup of the tiny models (the method configs of configs/methods follow it); returns its path."""
+
+    def write(backbone: Path = tiny_backbone, target_distribution: list[float] | None = None) -> Path:
+        dataset = {
+            "class_path": "CelebADataModule",
+            "init_args": {
+                "root": str(faces_root),
+                "attributes": ["Male", "Blond_Hair"],
+                "sensitive": "Male",
+                "target": "Blond_Hair",
+                "image_size": 32,
+                "batch_size": 8,
+                "num_workers": 0,
+            },
+        }
+        evaluator = {
+            "classifier": "${classifier}",
+            "sensitive": "Male",
+            "target": "Blond_Hair",
+            "target_distribution": target_distribution,
+            "kid_subset_size": 4,
+            "cache_dir": str(tmp_path / "cache"),
+            "reference": "${dataset}",
+        }
+        setup = {
+            "seed_everything": 0,
+            "backbone": str(backbone),
+            "classifier": str(tiny_classifier),
+            "dataset": dataset,
+            "evaluator": {"class_path": "FairnessEvaluator", "init_args": evaluator},
+            "trainer": {
+                "default_root_dir": str(tmp_path / "runs" / "${name}"),
+                "accelerator": "cpu",
+                "enable_model_summary": False,
+                "callbacks": [{"class_path": "SampleGrid", "init_args": {"num_images": 4, "nrow": 2}}],
+            },
+            "data": {"class_path": "GenerationRequests", "init_args": {"num_samples": 4, "batch_size": 4}},
+            "method_settings": {"attribute_switching": {"model": {"init_args": {"search_steps": 4}}}},
+        }
+        path = tmp_path / "tiny_setup.yaml"
+        path.write_text(yaml.safe_dump(setup))
+        return path
+
+    return write
 
 
 def test_report_writes_rows_pictures_and_pages(
-    generation_config: Callable[..., Path], tmp_path: Path, cli_error: Callable
+    tiny_setup: Callable[..., Path], tmp_path: Path, cli_error: Callable
 ) -> None:
-    for name in ("plain", "conditional"):
-        (tmp_path / name).mkdir()
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    (configs / "plain.yaml").write_text(
-        generation_config(tmp_path / "plain", num_samples=4, method="PlainSampling", name="plain").read_text()
-    )
-    (configs / "conditional.yaml").write_text(
-        generation_config(tmp_path / "conditional", num_samples=4, name="conditional").read_text()
-    )
     settings = tmp_path / "report.yaml"
-    settings.write_text(
-        f"configs_dir: {configs}\nprotocol: {{num_samples: 4, steps: 2, seed: 0, accelerator: cpu}}\n"
-        f"log_dir: {tmp_path / 'logs'}\noutput: {tmp_path / 'report'}\n"
-    )
+    options = {
+        "setup": str(tiny_setup()),
+        "methods": ["plain", "conditional"],
+        "protocol": yaml.safe_load(PROTOCOL),
+        "log_dir": str(tmp_path / "logs"),
+        "output": str(tmp_path / "report"),
+    }
+    settings.write_text(yaml.safe_dump(options))
     main(["report", "-c", str(settings)])
     report = tmp_path / "report"
     rows = json.loads((report / "results.json").read_text())
-    assert [row["method"] for row in rows] == ["plain", "conditional"]  # every registered method with a config
+    assert [row["method"] for row in rows] == ["plain", "conditional"]
+    assert {row["setup"] for row in rows} == {options["setup"]}
     for row in rows:
         written = json.loads((Path(row["log_dir"]) / "metrics.json").read_text())["metrics"]
         assert row["fd"] == written["fd"]
-        assert (
-            report
-            / f"{row['method']}_samples_{'PlainSampling' if row['method'] == 'plain' else 'ConditionalSampling'}.png"
-        ).is_file()
+        assert Path(row["log_dir"]).is_relative_to(tmp_path / "logs" / "tiny_setup" / row["method"])
+        sampler = "PlainSampling" if row["method"] == "plain" else "ConditionalSampling"
+        assert (report / f"{row['method']}_samples_{sampler}.png").is_file()
     for picture in ("proportions.png", "fairness_quality.png"):
         assert (report / picture).read_bytes()[:4] == b"\x89PNG"
     page = (report / "report.html").read_text()
@@ -55,154 +98,130 @@ def test_report_writes_rows_pictures_and_pages(
     assert "| conditional |" in markdown
     assert "trainable parameters" in markdown
     assert "![side by side](side_by_side.png)" in markdown
+    assert f'"setup": "{options["setup"]}"' in markdown
     assert [row["trainable_parameters"] for row in rows] == [0, 0]
     assert all(row["fit"] == "none" for row in rows)
     line = cli_error(["report", "-c", str(settings), "--methods=[plain,unknown]"])
     assert "no config for 'unknown'" in line
     line = cli_error(["report", "-c", str(settings), "--protocol.repeats=0"])
     assert line == "error: Option 'protocol.repeats' must be at least 1, got 0"
+    line = cli_error(["report", "-c", str(settings), f"--setup={tmp_path / 'missing.yaml'}"])
+    assert line == f"error: Option 'setup': no setup config at {tmp_path / 'missing.yaml'}"
 
 
-def test_report_rows_equal_the_benchmark_rows(generation_config: Callable[..., Path], tmp_path: Path) -> None:
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    for name, method in (("plain", "PlainSampling"), ("conditional", "ConditionalSampling")):
-        (tmp_path / name).mkdir()
-        config = generation_config(tmp_path / name, num_samples=4, method=method, name=name)
-        (configs / f"{name}.yaml").write_text(config.read_text())
-    protocol = ["--protocol.num_samples=4", "--protocol.steps=2", "--protocol.accelerator=cpu"]
-    rows = run_report(
-        [f"--configs_dir={configs}", *protocol, f"--log_dir={tmp_path / 'a'}", f"--output={tmp_path / 'r'}"]
-    )
-    spec = importlib.util.spec_from_file_location("fairness", REPO_ROOT / "benchmarks" / "fairness.py")
-    fairness = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fairness)
-    benchmark = fairness.main(
-        [
-            "--methods=conditional",
-            f"--config=plain={configs / 'plain.yaml'}",
-            f"--config=conditional={configs / 'conditional.yaml'}",
-            "--num-samples=4",
-            "--steps=2",
-            "--accelerator=cpu",
-            f"--log-dir={tmp_path / 'b'}",
-        ]
-    )
-    keys = ("fd", "fd_l1", "fd_kl", "proportions", "dp_gap", "fid_cls", "kid_cls", "agreement", "bias_score")
-    for ours, theirs in zip(rows, benchmark, strict=True):
-        assert {key: ours[key] for key in keys} == {key: theirs[key] for key in keys}
-
-
-def test_shipped_report_config_runs_every_method_with_a_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(REPO_ROOT)  # its paths are relative to the repository, as the README runs it
-    options = report_parser().parse_args(["-c", "configs/report/synthetic_faces.yaml"])
-    names = [run.name for run in planned_runs(options)]
-    assert names[0] == "plain"
-    assert {"conditional", "distribution_guidance", "attribute_switching", "self_guidance"} <= set(names)
-    assert options.protocol.condition_draw == "balanced"
-    assert set(options.checkpoints) == set(SHIPPED_FITS)  # `make report` fits nothing: it tests the shipped fits
-    subset = report_parser().parse_args(["-c", "configs/report/synthetic_faces.yaml", "--methods=[conditional]"])
-    assert [run.name for run in planned_runs(subset)] == ["plain", "conditional"]  # the other rows' fits: unused
-    misspelt = report_parser().parse_args(["-c", "configs/report/synthetic_faces.yaml", "--checkpoints={slef: x}"])
-    with pytest.raises(ValueError, match=r"nor configs of 'configs/synthetic_faces': \['slef'\]"):
-        planned_runs(misspelt)
-
-
-@pytest.mark.parametrize("method", SHIPPED_FITS)
-def test_shipped_fits_load_into_the_shipped_configs(
-    method: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """Each shipped fit matches its method's config (the modules a checkpoint holds are checked when it loads)."""
-    monkeypatch.chdir(REPO_ROOT)
+def test_report_rows_equal_the_command_lines_runs(tiny_setup: Callable[..., Path], tmp_path: Path) -> None:
+    """Each row is what ``lightning-fair test -c <setup> -c <method>`` measures with the protocol's options."""
+    setup = str(tiny_setup())
     rows = run_report(
         [
-            *SHIPPED_REPORT,
-            f"--methods=[{method}]",  # plain, then the method: its own shipped fit, and no other
-            "--protocol.num_samples=2",
-            "--protocol.steps=25",  # the steps the ADPs were fitted for
-            "--evaluator.reference=null",
+            f"--setup={setup}",
+            "--methods=[plain, conditional]",
+            f"--protocol={PROTOCOL}",
             "--comparison_samples=0",
             f"--log_dir={tmp_path / 'logs'}",
             f"--output={tmp_path / 'report'}",
         ]
     )
-    assert [(row["method"], row["fit"]) for row in rows] == [("plain", "none"), (method, "given")]
-    folder = REPO_ROOT / "lightning_fair" / "models" / "synthetic_faces_fits" / method
-    assert Path(rows[1]["fit_folder"]).resolve() == folder.resolve()
-    assert Path(rows[1]["checkpoint"]).resolve() == (folder / "fitted.ckpt").resolve()
-
-
-def write_config(path: Path, logs: Path, model: str, calibration_samples: int = 3) -> None:
-    """A sampling config with a sample grid and no evaluator (the report gives one)."""
-    path.write_text(
-        textwrap.dedent(
-            f"""
-            seed_everything: 0
-            trainer:
-              accelerator: cpu
-              max_epochs: 1  # a calibration (no optimizer step) ends with its epoch
-              enable_model_summary: false
-              logger: {{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {{save_dir: {logs}, name: x}}}}
-              callbacks: [{{class_path: SampleGrid, init_args: {{num_images: 2, nrow: 2}}}}]
-            data:
-              class_path: GenerationRequests
-              init_args: {{num_samples: 4, batch_size: 4, calibration_samples: {calibration_samples}}}
-            model: {model}
-            """
+    protocol = ["--model.init_args.sampler.num_inference_steps=2", "--model.init_args.sampler.condition_draw=balanced"]
+    for row in rows:
+        folder = tmp_path / "cli" / row["method"]
+        main(
+            [
+                "test",
+                "-c",
+                setup,
+                "-c",
+                str(METHODS / f"{row['method']}.yaml"),
+                *protocol,
+                f"--trainer.default_root_dir={folder}",
+            ]
         )
+        written = json.loads(next(folder.rglob("metrics.json")).read_text())["metrics"]
+        assert row["num_samples"] == written["num_samples"] == 4
+        for key in ("fd", "fd_l1", "fd_kl", "dp_gap", "fid_cls", "kid_cls", "bias_score"):
+            assert row[key] == written[key], key
+        assert row["proportions"] == pytest.approx([written["proportion/Male=0"], written["proportion/Male=1"]])
+
+
+def test_shipped_report_config_names_the_setup_and_its_methods(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO_ROOT)  # its paths are relative to the repository, as the README runs it
+    options = report_parser().parse_args(SHIPPED_REPORT)
+    runs = planned_runs(options)
+    assert runs[0].name == "plain"
+    assert {"conditional", "distribution_guidance", "attribute_switching", "self_guidance"} <= {
+        run.name for run in runs
+    }
+    assert {run.setup for run in runs} == {Path("configs/setups/synthetic_faces.yaml")}
+    assert options.protocol.condition_draw == "balanced"
+    assert set(options.checkpoints) == set(SHIPPED_FITS)  # `make report` fits nothing: it tests the shipped fits
+    subset = report_parser().parse_args([*SHIPPED_REPORT, "--methods=[conditional]"])
+    assert [run.name for run in planned_runs(subset)] == ["plain", "conditional"]  # the other rows' fits: unused
+    misspelt = report_parser().parse_args([*SHIPPED_REPORT, "--checkpoints={slef: x}"])
+    with pytest.raises(ValueError, match=r"nor configs of 'configs/methods': \['slef'\]"):
+        planned_runs(misspelt)
+
+
+def test_shipped_fits_load_into_the_shipped_configs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each shipped fit matches its method's config (the modules a checkpoint holds are checked when it loads).
+
+    One report tests every shipped fit, each its own (cheaper than a report per fit, which reruns plain each time):
+    a fit that does not load into its method's config fails it.
+    """
+    monkeypatch.chdir(REPO_ROOT)
+    light = ["--evaluator.init_args.reference=null"]  # no reference features to compute
+    rows = run_report(
+        [
+            *SHIPPED_REPORT,
+            f"--methods=[{', '.join(SHIPPED_FITS)}]",
+            "--protocol.num_samples=2",
+            "--protocol.steps=25",  # the steps the ADPs were fitted for
+            f"--overrides={json.dumps({name: light for name in ['plain', *SHIPPED_FITS]})}",
+            "--comparison_samples=0",
+            f"--log_dir={tmp_path / 'logs'}",
+            f"--output={tmp_path / 'report'}",
+        ]
     )
+    assert [(row["method"], row["fit"]) for row in rows] == [("plain", "none")] + [
+        (method, "given") for method in SHIPPED_FITS
+    ]
+    shipped = (REPO_ROOT / "lightning_fair" / "models" / "synthetic_faces_fits").resolve()
+    for method, row in zip(SHIPPED_FITS, rows[1:], strict=True):
+        assert Path(row["fit_folder"]).resolve() == shipped / method
+        assert Path(row["checkpoint"]).resolve() == shipped / method / "fitted.ckpt"
 
 
-def test_report_shares_one_evaluator_and_backbone(tmp_path: Path, tiny_backbone: Path, tiny_classifier: Path) -> None:
-    """The report's evaluator stands in for each config's, its target over the method's; its backbone too."""
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    for name, method in (("plain", "PlainSampling"), ("conditional", "ConditionalSampling")):
-        model = f"{{class_path: {method}, init_args: {{backbone: {tmp_path / 'missing'}}}}}"
-        write_config(configs / f"{name}.yaml", tmp_path, model)
-    settings = tmp_path / "report.yaml"
-    settings.write_text(
-        f"configs_dir: {configs}\nprotocol: {{num_samples: 4, steps: 2, seed: 0, accelerator: cpu}}\n"
-        f"backbone: {tiny_backbone}\ncomparison_samples: 2\n"
-        f"evaluator:\n  class_path: FairnessEvaluator\n  init_args:\n    classifier: {tiny_classifier}\n"
-        f"    sensitive: Male\n    target_distribution: [0.25, 0.75]\n"
-        f"log_dir: {tmp_path / 'logs'}\noutput: {tmp_path / 'report'}\n"
-    )
-    with pytest.warns(UserWarning, match=r"against target_distribution \[0.25, 0.75\]; ConditionalSampling aims for"):
-        rows = run_report(["-c", str(settings)])
-    assert [row["target_distribution"] for row in rows] == [[0.25, 0.75]] * 2
-    assert all(row["fid_cls"] is None for row in rows)  # the shared evaluator has no reference
-    assert f'"classifier": "{tiny_classifier}"' in (tmp_path / "report" / "report.md").read_text()
-
-
-def test_report_tests_a_given_fit_folder_with_its_diagnostics(
-    tmp_path: Path, tiny_backbone: Path, tiny_classifier: Path
+def test_the_reports_backbone_replaces_the_setups(
+    tiny_setup: Callable[..., Path], tiny_backbone: Path, tmp_path: Path
 ) -> None:
+    """``--backbone`` reaches every row (the setup's is missing); the setup's evaluator target over the method's."""
+    setup = str(tiny_setup(backbone=tmp_path / "missing", target_distribution=[0.25, 0.75]))
+    arguments = [f"--setup={setup}", "--methods=[plain, conditional]", f"--protocol={PROTOCOL}"]
+    arguments += [f"--backbone={tiny_backbone}", "--comparison_samples=2", f"--output={tmp_path / 'report'}"]
+    with pytest.warns(UserWarning, match=r"against target_distribution \[0.25, 0.75\]; ConditionalSampling aims for"):
+        rows = run_report(arguments)
+    assert [row["target_distribution"] for row in rows] == [[0.25, 0.75]] * 2
+    settings = (tmp_path / "report" / "report.md").read_text()
+    assert f'"backbone": "{tiny_backbone}"' in settings
+
+
+def test_report_tests_a_given_fit_folder_with_its_diagnostics(tiny_setup: Callable[..., Path], tmp_path: Path) -> None:
     """A fit the report made is a folder (checkpoint and diagnostics) that a later report can be given."""
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    write_config(
-        configs / "plain.yaml", tmp_path, f"{{class_path: PlainSampling, init_args: {{backbone: {tiny_backbone}}}}}"
-    )
-    switching = f"{{class_path: AttributeSwitching, init_args: {{backbone: {tiny_backbone}, search_steps: 4}}}}"
-    write_config(configs / "attribute_switching.yaml", tmp_path, switching)
     common = [
-        f"--configs_dir={configs}",
-        "--protocol.num_samples=4",
-        "--protocol.steps=2",
-        "--protocol.accelerator=cpu",
-        "--evaluator=FairnessEvaluator",
-        f"--evaluator.classifier={tiny_classifier}",
-        "--evaluator.sensitive=Male",
+        f"--setup={tiny_setup()}",
+        "--methods=[plain, attribute_switching]",
+        f"--protocol={PROTOCOL}",
+        '--overrides={attribute_switching: ["--data.init_args.calibration_samples=3"]}',
         f"--log_dir={tmp_path / 'logs'}",
     ]
     fitted = run_report([*common, f"--output={tmp_path / 'first'}"])
     assert fitted[1]["fit"] == "fitted"
     folder = Path(fitted[1]["fit_folder"])
     assert {"fitted.ckpt", "fitted.json", "tau_curve.png", "tau_curve.csv"} <= {path.name for path in folder.iterdir()}
+    again = run_report([*common, f"--output={tmp_path / 'again'}"])
+    assert again[1]["fit"] == "reused"
     given = run_report([*common, f"--output={tmp_path / 'second'}", f"--checkpoints={{attribute_switching: {folder}}}"])
     assert given[1]["fit"] == "given"
-    assert given[1]["fd"] == fitted[1]["fd"]
+    assert given[1]["fd"] == fitted[1]["fd"] == again[1]["fd"]
     assert (tmp_path / "second" / "attribute_switching_tau_curve.png").is_file()
     page = (tmp_path / "second" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 + 1 + 2 + 1  # summaries, side-by-side, grids, tau curve

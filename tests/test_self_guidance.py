@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,49 +96,63 @@ def test_bad_options_are_one_clear_error(tiny_backbone: Path, options: dict, mat
 
 
 @pytest.fixture
-def self_guidance_config(tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp_path: Path) -> Callable:
+def self_guidance_config(
+    tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp_path: Path, write_config: Callable
+) -> Callable:
     """Writes a fit/test config of SelfGuidance on the tiny models; returns a function of extra model options."""
 
-    def write(name: str = "self_guidance", model: str = "") -> Path:
-        config = f"""
-        seed_everything: 0
-        trainer:
-          accelerator: cpu
-          max_steps: 3
-          limit_val_batches: 0
-          enable_progress_bar: false
-          enable_model_summary: false
-          logger:
-            class_path: lightning.pytorch.loggers.CSVLogger
-            init_args: {{save_dir: {tmp_path / "logs"}, name: {name}}}
-          default_root_dir: {tmp_path / name}  # the method's checkpoints/last.ckpt goes there
-          callbacks:
-            - class_path: FairnessEvaluator
-              init_args: {{classifier: {tiny_classifier}, sensitive: Male}}
-        model:
-          class_path: SelfGuidance
-          init_args:
-            backbone: {tiny_backbone}
-            clusters_file: {tmp_path / "clusters.safetensors"}
-            num_clusters: 4
-            cluster_distribution: uniform
-            learning_rate: 1.0e-3
-            warmup_steps: 1
-            sampler: {{num_inference_steps: 2, cfg_scale: 2.0}}
-            {model}
-        data:
-          class_path: GenerationRequests
-          init_args:
-            num_samples: 8
-            batch_size: 4
-            train_data:
-              class_path: CelebADataModule
-              init_args: {{root: {faces_root}, attributes: [Male, Blond_Hair], sensitive: Male, image_size: 32,
-                           batch_size: 16, num_workers: 0}}
-        """
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(textwrap.dedent(config))
-        return path
+    def write(name: str = "self_guidance", model: dict | None = None) -> Path:
+        images = {
+            "root": faces_root,
+            "attributes": ["Male", "Blond_Hair"],
+            "sensitive": "Male",
+            "image_size": 32,
+            "batch_size": 16,
+            "num_workers": 0,
+        }
+        config = {
+            "seed_everything": 0,
+            "trainer": {
+                "accelerator": "cpu",
+                "max_steps": 3,
+                "limit_val_batches": 0,
+                "enable_progress_bar": False,
+                "enable_model_summary": False,
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": tmp_path / "logs", "name": name},
+                },
+                "default_root_dir": tmp_path / name,  # the method's checkpoints/last.ckpt goes there
+                "callbacks": [
+                    {
+                        "class_path": "FairnessEvaluator",
+                        "init_args": {"classifier": tiny_classifier, "sensitive": "Male"},
+                    }
+                ],
+            },
+            "model": {
+                "class_path": "SelfGuidance",
+                "init_args": {
+                    "backbone": tiny_backbone,
+                    "clusters_file": tmp_path / "clusters.safetensors",
+                    "num_clusters": 4,
+                    "cluster_distribution": "uniform",
+                    "learning_rate": 1.0e-3,
+                    "warmup_steps": 1,
+                    "sampler": {"num_inference_steps": 2, "cfg_scale": 2.0},
+                    **(model or {}),
+                },
+            },
+            "data": {
+                "class_path": "GenerationRequests",
+                "init_args": {
+                    "num_samples": 8,
+                    "batch_size": 4,
+                    "train_data": {"class_path": "CelebADataModule", "init_args": images},
+                },
+            },
+        }
+        return write_config(name, config)
 
     return write
 
@@ -206,7 +219,7 @@ def test_clusters_file_of_other_features_is_refused(
     self_guidance_config: Callable, tmp_path: Path, cli_error: Callable
 ) -> None:
     main(["fit", "-c", str(self_guidance_config(name="first"))])
-    line = cli_error(["fit", "-c", str(self_guidance_config(name="second", model="feature_timestep: 300"))])
+    line = cli_error(["fit", "-c", str(self_guidance_config(name="second", model={"feature_timestep": 300}))])
     assert "Option 'clusters_file'" in line
     assert "holds clusters of features 'hspace(t=500, seed=0)', not 'hspace(t=300, seed=0)'" in line
 
@@ -214,7 +227,7 @@ def test_clusters_file_of_other_features_is_refused(
 def test_lora_adapters_train_with_the_embedding_and_only_they_are_checkpointed(
     self_guidance_config: Callable, tmp_path: Path
 ) -> None:
-    config = self_guidance_config(model="lora_rank: 2\n            lora_target_modules: [conv1, conv2]")
+    config = self_guidance_config(model={"lora_rank": 2, "lora_target_modules": ["conv1", "conv2"]})
     main(["fit", "-c", str(config)])
     state = torch.load(tmp_path / "self_guidance" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     unet_keys = {key for key in state if key.startswith("backbone.")}
@@ -239,11 +252,13 @@ def test_lora_on_layers_the_unet_lacks_is_one_clear_error(tiny_backbone: Path) -
 def test_fit_calibrates_the_cfg_scale_toward_the_target(
     self_guidance_config: Callable, tiny_classifier: Path, tmp_path: Path
 ) -> None:
-    calibration = """classifier: {classifier}
-            target_distributions: {{Male: [0.5, 0.5]}}
-            calibration_scales: [1.0, 3.0]
-            calibration_samples: 4"""
-    config = self_guidance_config(model=calibration.format(classifier=tiny_classifier))
+    calibration = {
+        "classifier": tiny_classifier,
+        "target_distributions": {"Male": [0.5, 0.5]},
+        "calibration_scales": [1.0, 3.0],
+        "calibration_samples": 4,
+    }
+    config = self_guidance_config(model=calibration)
     main(["fit", "-c", str(config)])
     [run] = (tmp_path / "logs" / "self_guidance").glob("version_*")
     with (run / "cfg_scale_curve.csv").open() as handle:

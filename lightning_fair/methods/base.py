@@ -309,15 +309,17 @@ class DebiasingMethod(RunHooks, CheckpointHygiene, LightningModule):
     def configure_callbacks(self) -> list[Callback]:
         """The checkpoint of a fit, when the method needs one: ``last.ckpt``, rewritten at the end of every epoch.
 
-        It is written after the method's own ``on_train_epoch_end`` (so a scale calibrated there is in it) into
-        :meth:`checkpoint_folder`. None when the trainer has checkpointing off (``enable_checkpointing: false``).
+        It is written after the method's own ``on_train_epoch_end`` (so a scale calibrated there is in it), and at the
+        end of a fit without optimizer steps (a calibration), into :meth:`checkpoint_folder`. None when the trainer has
+        checkpointing off (``enable_checkpointing: false``).
         """
         if not self.needs_fit or not self.trainer.checkpoint_callbacks:
             return []
         folder = self.checkpoint_folder(self.trainer.default_root_dir)
-        return [
-            ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False, save_on_train_epoch_end=True)
-        ]
+        checkpoint = ModelCheckpoint(
+            dirpath=folder, filename="last", enable_version_counter=False, save_on_train_epoch_end=True, save_last=True
+        )
+        return [checkpoint]
 
 
 def method_registry() -> dict[str, type[DebiasingMethod]]:

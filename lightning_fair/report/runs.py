@@ -129,14 +129,14 @@ def run_method(
     """
     method, config = run.name, run.config
     shared = shared or SharedParts()
+    logger = {"class_path": CSV_LOGGER, "init_args": {"save_dir": log_dir, "name": f"{group}/{method}"}}
     overrides = [
         f"--trainer.default_root_dir={Path(log_dir, group, method)}",
         f"--seed_everything={protocol.seed}",
         f"--model.init_args.seed={protocol.seed}",
         f"--model.init_args.sampler.num_inference_steps={protocol.steps}",
         f"--data.init_args.num_samples={protocol.num_samples}",
-        f"--trainer.logger.init_args.save_dir={log_dir}",
-        f"--trainer.logger.init_args.name={group}/{method}",
+        f"--trainer.logger={json.dumps(logger)}",
         f"--trainer.accelerator={protocol.accelerator}",
         "--trainer.devices=1",
         "--trainer.enable_progress_bar=false",
@@ -220,6 +220,7 @@ def run_method(
 
 
 FITTED_CHECKPOINT = "fitted.ckpt"
+CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"  # every run logs to <log_dir>/<group>/<method>/version_N
 SAMPLER_SETTINGS = ("scheduler", "eta", "cfg_scale", "condition_draw")  # what makes rows differ beyond the method
 FIT_RECIPE = "a fit folder is what `lightning-fair report` leaves under <log_dir>/<group>/<method>/fit-<key>"
 

@@ -85,6 +85,19 @@ def test_switch_distances_follow_the_definition(tiny_backbone: Path) -> None:
         torch.testing.assert_close(distances[:, column], expected, rtol=1e-4, atol=1e-6)
 
 
+def test_switch_distances_do_not_depend_on_the_batch(tiny_backbone: Path) -> None:
+    """Each sample's D(tau) is its own: the shares of two processes add up to the curve of one process.
+
+    The in-process proof of test_two_processes_find_the_same_tau (slow); test_metrics_ddp sums over processes.
+    """
+    method = switching(tiny_backbone)
+    with torch.no_grad():
+        together = method.switch_distances(torch.arange(7))
+        shares = [method.switch_distances(torch.tensor(share)) for share in ([0, 2, 4, 6], [1, 3, 5])]
+    torch.testing.assert_close(torch.cat(shares)[[0, 4, 1, 5, 2, 6, 3]], together, rtol=1e-4, atol=1e-6)
+    assert (together[1:] - together[:1]).abs().max() > 1e-3  # every sample has a curve of its own
+
+
 def test_identical_class_embeddings_make_every_tau_equal(tiny_backbone: Path) -> None:
     method = switching(tiny_backbone)
     with torch.no_grad():
@@ -114,6 +127,7 @@ def test_fit_calibrates_tau_and_checkpoints_it(tiny_backbone: Path, tmp_path: Pa
     assert not restored.needs_fit
 
 
+@pytest.mark.slow  # in-process: test_switch_distances_do_not_depend_on_the_batch
 def test_two_processes_find_the_same_tau(tiny_backbone: Path, tmp_path: Path, write_config: Callable) -> None:
     config = write_config(
         "switching",

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch import Trainer
 from PIL import Image
 
+import lightning_fair.methods.hspace.distribution_guidance as hspace_guidance
 from lightning_fair.data import GenerationRequests
 from lightning_fair.diffusion import SamplingState
 from lightning_fair.methods import (
@@ -107,6 +108,31 @@ def test_guidance_step_pulls_the_batch_distribution_to_the_target(
         h = method.edit_h(h, t, state)
     assert distances == sorted(distances, reverse=True)
     assert distances[-1] < 0.5 * distances[0]
+
+
+def test_a_share_of_the_batch_is_guided_by_the_global_batch_distribution(
+    tiny_backbone: Path, tiny_classifier: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes in one: each share of a batch, given the other share's sums, is guided as the whole batch is.
+
+    The in-process proof of the 2-process run (test_two_processes_give_the_global_batch_guidance_of_one, slow).
+    """
+    method = guidance(tiny_backbone, tiny_classifier, target_distributions={"Male": [0.3, 0.7]}, guidance_scale=10.0)
+    torch.manual_seed(0)
+    h, t = torch.randn(6, 16, 16, 16), method.sampler.timesteps[1]
+    indices = torch.arange(6)
+    whole = method.edit_h(h, t, SamplingState(indices=indices))
+    shares = []
+    for mine, theirs in ((slice(0, 4), slice(4, 6)), (slice(4, 6), slice(0, 4))):  # uneven shares
+        with torch.no_grad():
+            probabilities = method.probabilities(h[theirs], t)["Male"]
+        others = torch.cat([probabilities.sum(dim=0), torch.tensor([float(len(probabilities))])])
+        monkeypatch.setattr(hspace_guidance, "sum_over_processes", lambda local, others=others: local + others)
+        shares.append(method.edit_h(h[mine], t, SamplingState(indices=indices[mine])))
+    torch.testing.assert_close(torch.cat(shares), whole, rtol=1e-4, atol=1e-5)
+    monkeypatch.undo()
+    alone = method.edit_h(h[:4], t, SamplingState(indices=indices[:4]))  # a share guided by its own distribution
+    assert not torch.allclose(alone, whole[:4], rtol=1e-4, atol=1e-5)
 
 
 def test_scales_per_attribute_weight_each_loss(tiny_backbone: Path, tiny_classifier: Path) -> None:
@@ -204,6 +230,7 @@ def run_cli(args: list[str], cwd: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow  # in-process: test_a_share_of_the_batch_is_guided_by_the_global_batch_distribution
 def test_two_processes_give_the_global_batch_guidance_of_one(
     tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp_path: Path, write_config: Callable
 ) -> None:

@@ -77,6 +77,7 @@ def assert_two_processes_match_one(
     return metrics[1]
 
 
+@pytest.mark.slow  # fast: test_generation's 2-process run (11 samples, uneven), test_metrics_ddp, the KID cap below
 @pytest.mark.parametrize("kid_subset_size", [4, 256])
 @pytest.mark.parametrize("num_samples", [13, 14])
 def test_uneven_two_process_test_matches_one_process(

@@ -179,6 +179,7 @@ def test_failed_record_leaves_no_partial_file(
     assert results(tmp_path) == uninterrupted
 
 
+@pytest.mark.slow  # fast: test_failed_record_leaves_no_partial_file; a SIGKILLed fit stays in the default run
 def test_killed_process_resumes_to_the_same_result(
     generation_config: Callable[..., Path], tmp_path: Path, uninterrupted: dict[str, Any]
 ) -> None:
@@ -257,6 +258,7 @@ def test_predict_returns_no_predictions_by_default(
     assert returned == [None]
 
 
+@pytest.mark.slow  # fast: test_sigterm_stops_after_the_batch_and_rerun_resumes (one process)
 def test_sigterm_stops_every_process_of_a_ddp_predict(generation_config: Callable[..., Path], tmp_path: Path) -> None:
     """SIGTERM to process 0 of a 2-process run (Lightning passes it on to process 1): both stop after the same batch."""
     config = generation_config(tmp_path, num_samples=NUM_SAMPLES)

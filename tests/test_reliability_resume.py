@@ -404,8 +404,9 @@ def uninterrupted(fit_config: Callable[[str], Path], tmp_path_factory: pytest.Te
     "method",
     [
         pytest.param("pretraining", marks=pytest.mark.slow),  # also killed and resumed in-process below
-        "distribution_guidance",
-        "invdiff",
+        # The slurm requeue test below resumes each of these in-process; one SIGKILLed fit stays in the default run.
+        pytest.param("distribution_guidance", marks=pytest.mark.slow),
+        pytest.param("invdiff", marks=pytest.mark.slow),
         "self_guidance",
         pytest.param("attribute_switching", marks=pytest.mark.slow),
         pytest.param("classifier", marks=pytest.mark.slow),
@@ -472,7 +473,7 @@ def slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return calls
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [*METHODS, "invdiff", "self_guidance"])  # in-process: the fast resume proofs
 def test_slurm_requeue_resumes_to_the_uninterrupted_result(
     method: str,
     fit_config: Callable[[str], Path],

@@ -103,9 +103,9 @@ def test_evaluator_measures_against_the_method_target(
 
 
 def test_the_evaluator_is_set_from_the_command_line(tiny_classifier: Path) -> None:
-    """The top-level ``evaluator``: one option reaches it (``--trainer.callbacks.init_args`` reaches the last one)."""
+    """The setup's ``evaluator`` follows ``--classifier``; one option reaches it, a fragment or null replaces it."""
     plain = synthetic_faces_config("plain")
-    cli = build_cli([*plain, f"--evaluator.classifier={tiny_classifier}", "--evaluator.target=null"], run=False)
+    cli = build_cli([*plain, f"--classifier={tiny_classifier}", "--evaluator.init_args.target=null"], run=False)
     [evaluator] = [c for c in cli.trainer.callbacks if isinstance(c, FairnessEvaluator)]
     assert (evaluator.classifier_reference, evaluator.sensitive, evaluator.target) == (
         str(tiny_classifier),

@@ -41,6 +41,13 @@ class FakeClock:
         return self.now
 
 
+def bare_setup(folder: Path) -> Path:
+    """A setup that names nothing: the generation configs of these tests are whole runs of their own."""
+    path = folder / "bare_setup.yaml"
+    path.write_text("seed_everything: 0\n")
+    return path
+
+
 def test_fairness_benchmark_rows(
     generation_config: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -58,6 +65,7 @@ def test_fairness_benchmark_rows(
     rows = fairness.main(
         [
             "--methods=conditional",  # plain is added first
+            f"--setup={bare_setup(tmp_path)}",
             f"--config=plain={plain}",
             f"--config=conditional={conditional}",
             "--num-samples=8",
@@ -124,6 +132,7 @@ def test_fairness_benchmark_fits_a_method_that_needs_it(
     guided.write_text(text)
     arguments = [
         "--methods=plain,guided",
+        f"--setup={bare_setup(tmp_path)}",
         f"--config=plain={plain}",
         f"--config=guided={guided}",
         "--override=guided=--model.init_args.guidance_scale=7.5",
@@ -137,7 +146,7 @@ def test_fairness_benchmark_fits_a_method_that_needs_it(
     assert rows[1]["fit_seconds"] > 0
     fitted = Path(rows[1]["checkpoint"])  # in the benchmark's folder, not the config's
     assert fitted.is_file()
-    assert fitted.is_relative_to((tmp_path / "logs" / "synthetic_faces" / "guided").resolve())
+    assert fitted.is_relative_to((tmp_path / "logs" / "bare_setup" / "guided").resolve())
     assert fitted.parent.name.startswith("fit-")
     assert rows[1]["fit"] == "fitted"
     again = fairness.main(arguments)  # the same fit: reused, and the same numbers

@@ -106,6 +106,7 @@ def test_the_walkthrough_runs_from_a_csv_dataset_to_a_report(walkthrough: Path) 
             "-c",
             str(REPO_ROOT / "configs" / "report" / "default.yaml"),
             f"--setup={setup}",
+            f"--methods_dir={METHOD_CONFIGS}",  # the README runs it from the repository; this test from a folder
             "--protocol={num_samples: 8, steps: 2, seed: 0, accelerator: cpu, condition_draw: balanced}",
             "--comparison_samples=2",
             f"--overrides={json.dumps(tiny_fits)}",

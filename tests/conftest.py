@@ -124,6 +124,67 @@ def generation_config(tiny_backbone: Path, tiny_classifier: Path, faces_root: Pa
 
 
 @pytest.fixture
+def tiny_setup(tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp_path: Path) -> Callable[..., Path]:
+    """Writes a setup of the tiny models and faces (the configs of configs/methods follow it); returns its path.
+
+    Its arguments: ``backbone`` (default the tiny pixel UNet), ``target_distribution`` of the evaluator, ``prompts``
+    (of a text-to-image backbone).
+    """
+
+    def write(
+        backbone: Path = tiny_backbone,
+        target_distribution: list[float] | None = None,
+        prompts: dict[str, Any] | None = None,
+    ) -> Path:
+        dataset = {
+            "class_path": "CelebADataModule",
+            "init_args": {
+                "root": str(faces_root),
+                "attributes": ["Male", "Blond_Hair"],
+                "sensitive": "Male",
+                "target": "Blond_Hair",
+                "image_size": 32,
+                "batch_size": 8,
+                "num_workers": 0,
+            },
+        }
+        evaluator = {
+            "classifier": "${classifier}",
+            "sensitive": "Male",
+            "target": "Blond_Hair",
+            "target_distribution": target_distribution,
+            "kid_subset_size": 4,
+            "cache_dir": str(tmp_path / "cache"),
+            "reference": "${dataset}",
+        }
+        requests = {"num_samples": 4, "batch_size": 4, "calibration_samples": 4, "train_data": "${dataset}"}
+        setup = {
+            "seed_everything": 0,
+            "backbone": str(backbone),
+            "classifier": str(tiny_classifier),
+            "prompts": prompts,
+            "dataset": dataset,
+            "evaluator": {"class_path": "FairnessEvaluator", "init_args": evaluator},
+            "trainer": {
+                "default_root_dir": str(tmp_path / "runs" / "${name}"),
+                "accelerator": "cpu",
+                "enable_model_summary": False,
+                "callbacks": [{"class_path": "SampleGrid", "init_args": {"num_images": 4, "nrow": 2}}],
+            },
+            "data": {"class_path": "GenerationRequests", "init_args": requests},
+            "method_settings": {  # the tiny models' settings: a short tau search, a delta UNet of their 2 levels
+                "attribute_switching": {"model": {"init_args": {"search_steps": 4}}},
+                "invdiff": {"model": {"init_args": {"delta_channels": [8, 16]}}},
+            },
+        }
+        path = tmp_path / "tiny_setup.yaml"
+        path.write_text(yaml.safe_dump(setup))
+        return path
+
+    return write
+
+
+@pytest.fixture
 def cli_error(capsys: pytest.CaptureFixture[str]) -> Callable[[list[str]], str]:
     """Runs the command line, checks it ends with exit status 2 and one error line, no traceback; returns the line."""
 

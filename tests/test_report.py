@@ -19,54 +19,6 @@ SHIPPED_REPORT = ["-c", "configs/report/synthetic_faces.yaml"]  # the shipped re
 PROTOCOL = "{num_samples: 4, steps: 2, seed: 0, accelerator: cpu, condition_draw: balanced}"
 
 
-@pytest.fixture
-def tiny_setup(tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp_path: Path) -> Callable[..., Path]:
-    """Writes a setup of the tiny models (the method configs of configs/methods follow it); returns its path."""
-
-    def write(backbone: Path = tiny_backbone, target_distribution: list[float] | None = None) -> Path:
-        dataset = {
-            "class_path": "CelebADataModule",
-            "init_args": {
-                "root": str(faces_root),
-                "attributes": ["Male", "Blond_Hair"],
-                "sensitive": "Male",
-                "target": "Blond_Hair",
-                "image_size": 32,
-                "batch_size": 8,
-                "num_workers": 0,
-            },
-        }
-        evaluator = {
-            "classifier": "${classifier}",
-            "sensitive": "Male",
-            "target": "Blond_Hair",
-            "target_distribution": target_distribution,
-            "kid_subset_size": 4,
-            "cache_dir": str(tmp_path / "cache"),
-            "reference": "${dataset}",
-        }
-        setup = {
-            "seed_everything": 0,
-            "backbone": str(backbone),
-            "classifier": str(tiny_classifier),
-            "dataset": dataset,
-            "evaluator": {"class_path": "FairnessEvaluator", "init_args": evaluator},
-            "trainer": {
-                "default_root_dir": str(tmp_path / "runs" / "${name}"),
-                "accelerator": "cpu",
-                "enable_model_summary": False,
-                "callbacks": [{"class_path": "SampleGrid", "init_args": {"num_images": 4, "nrow": 2}}],
-            },
-            "data": {"class_path": "GenerationRequests", "init_args": {"num_samples": 4, "batch_size": 4}},
-            "method_settings": {"attribute_switching": {"model": {"init_args": {"search_steps": 4}}}},
-        }
-        path = tmp_path / "tiny_setup.yaml"
-        path.write_text(yaml.safe_dump(setup))
-        return path
-
-    return write
-
-
 def test_report_writes_rows_pictures_and_pages(
     tiny_setup: Callable[..., Path], tmp_path: Path, cli_error: Callable
 ) -> None:

@@ -83,7 +83,8 @@ class GenerationRequests(LightningDataModule):
             sample; a folder written with other settings is refused. Generated images are then passed on as the
             records store them (8-bit), so a resumed run's metrics equal an uninterrupted run's.
         train_data: the image DataModule of ``fit`` and ``validate`` (its train and val splits).
-        calibration_samples: requests iterated by ``fit`` when there is no ``train_data``.
+        calibration_samples: requests iterated by ``fit`` when there is no ``train_data``, and the samples per tried
+            scale of a method's calibration (unless the method sets its own).
     """
 
     def __init__(

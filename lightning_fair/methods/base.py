@@ -54,6 +54,9 @@ class DebiasingMethod(RunHooks, CheckpointHygiene, LightningModule):
     """
 
     name: ClassVar[str] = ""
+    #: Whether a sample depends on the other samples of its batch (a batch statistic, as Distribution Guidance's
+    #: distribution); otherwise sample ``i`` is the same in any batch.
+    batch_level: ClassVar[bool] = False
 
     def __init__(
         self, backbone: str, sampler: SamplerConfig | None = None, seed: int = 0, prompts: Prompts | None = None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from lightning_fair.diffusion import SamplerConfig, SamplingState
-from lightning_fair.methods.conditions import Prompts
-from lightning_fair.methods.hspace.guidance import OFFICIAL_SAMPLER, HSpaceGuidance
+from lightning_fair.diffusion import SamplingState
+from lightning_fair.methods.hspace.guidance import HSpaceGuidance
 from lightning_fair.utils.distributed import sum_over_processes
 
 
@@ -32,56 +31,13 @@ class DistributionGuidance(HSpaceGuidance):
     """
 
     name = "distribution_guidance"
+    batch_level = True
 
-    def __init__(
-        self,
-        backbone: str,
-        classifier: str,
-        target_distributions: dict[str, list[float]],
-        sampler: SamplerConfig = OFFICIAL_SAMPLER,
-        seed: int = 0,
-        prompts: Prompts | None = None,
-        loss: Literal["chi2", "kl"] = "chi2",
-        head: Literal["linear", "mlp"] = "linear",
-        hidden_features: int = 256,
-        temperature: float = 8.0,
-        h_source: Literal["noised", "inversion"] = "noised",
-        guidance_scale: float | dict[str, float] | None = 15.0,
-        loss_weight: float = 300.0,
-        step_size: float = 1.5,
-        beta_exponent: float = 0.05,
-        first_guided_step: int = 1,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 0.0,
-        calibration_scales: list[float] | None = None,
-        calibration_samples: int = 256,
-        calibration_batch_size: int | None = None,
-    ) -> None:
+    def __init__(self, *args: Any, loss: Literal["chi2", "kl"] = "chi2", **others: Any) -> None:
         if loss not in ("chi2", "kl"):
             raise ValueError(f"Option 'loss' must be 'chi2' or 'kl', got {loss!r}")
         self.loss = loss
-        super().__init__(
-            backbone=backbone,
-            classifier=classifier,
-            target_distributions=target_distributions,
-            sampler=sampler,
-            seed=seed,
-            prompts=prompts,
-            head=head,
-            hidden_features=hidden_features,
-            temperature=temperature,
-            h_source=h_source,
-            guidance_scale=guidance_scale,
-            loss_weight=loss_weight,
-            step_size=step_size,
-            beta_exponent=beta_exponent,
-            first_guided_step=first_guided_step,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            calibration_scales=calibration_scales,
-            calibration_samples=calibration_samples,
-            calibration_batch_size=calibration_batch_size,
-        )
+        super().__init__(*args, **others)
         for name, target in self.targets.items():
             if (target <= 0).any():
                 raise ValueError(

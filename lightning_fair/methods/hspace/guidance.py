@@ -79,7 +79,8 @@ class HSpaceGuidance(PredictorTraining, DebiasingMethod):
             attribute, or one per attribute (``{"Male": 100, "Eyeglasses": 300}``), as the official code allows;
             ``None``: calibrated at the end of ``fit`` (see below).
         calibration_scales: the scales a calibration tries (default: 0 and 1 to 1000 in 1-2-5 steps).
-        calibration_samples: samples per tried scale.
+        calibration_samples: samples per tried scale (default: the generation requests'
+            ``calibration_samples``).
         calibration_batch_size: global batch of the calibration samples (default: the generation requests'
             ``batch_size``, the one the method samples with; batch-level guidance depends on it).
         loss_weight: factor of the loss before the gradient (official: 300).
@@ -110,7 +111,7 @@ class HSpaceGuidance(PredictorTraining, DebiasingMethod):
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
         calibration_scales: list[float] | None = None,
-        calibration_samples: int = 256,
+        calibration_samples: int | None = None,
         calibration_batch_size: int | None = None,
     ) -> None:
         self.classifier_reference = classifier

@@ -191,7 +191,7 @@ def calibrate(
     option: str,
     set_scale: Callable[[float], None],
     scales: list[float],
-    num_samples: int,
+    num_samples: int | None,
     batch_size: int | None,
     targets: dict[str, Tensor],
 ) -> ScaleSearch:
@@ -199,14 +199,16 @@ def calibrate(
 
     The method's ``classifier`` labels the samples; the quality cost is measured against the val split of the
     training images (classifier features cached beside the data); ``batch_size`` defaults to the generation
-    requests' (the one the method samples with).
+    requests' (the one the method samples with), ``num_samples`` to their ``calibration_samples``.
     """
     trainer, data = method.trainer, method.image_data()
     batch_size = batch_size or getattr(trainer.datamodule, "batch_size", None)
-    if data is None or batch_size is None:
+    num_samples = num_samples or getattr(trainer.datamodule, "calibration_samples", None)
+    if data is None or batch_size is None or num_samples is None:
         raise ValueError(
             f"{type(method).__name__} calibrates '{option}' in fit on the training images' val split and the "
-            "generation requests' batch size: give GenerationRequests(train_data=...) as the data"
+            "generation requests' batch size and calibration_samples: give GenerationRequests(train_data=...) as "
+            "the data"
         )
     features = None
     if trainer.is_global_zero:
@@ -237,13 +239,13 @@ class ScaleCalibration:
     Attributes:
         option: the calibrated option (e.g. ``guidance_scale``): its name in the log, the curve and the record.
         scales: the candidate scales.
-        num_samples: calibration samples per scale.
+        num_samples: calibration samples per scale (``None``: the generation requests' ``calibration_samples``).
         batch_size: global batch of the calibration samples (``None``: the generation requests').
     """
 
     option: str
     scales: list[float]
-    num_samples: int
+    num_samples: int | None
     batch_size: int | None
 
     def at_epoch_end(

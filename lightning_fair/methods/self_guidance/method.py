@@ -107,7 +107,8 @@ class SelfGuidance(SelfAnnotation, TargetClusterWeights, DebiasingMethod):
         warmup_steps: linear warm-up steps (the paper's: 500).
         calibration_scales: the ``cfg_scale`` values tried at the end of ``fit`` (``None``: the sampler's is kept);
             needs ``classifier`` and ``target_distributions``.
-        calibration_samples: samples per tried scale.
+        calibration_samples: samples per tried scale (default: the generation requests'
+            ``calibration_samples``).
         calibration_batch_size: global batch of the calibration samples (default: the generation requests').
     """
 
@@ -137,7 +138,7 @@ class SelfGuidance(SelfAnnotation, TargetClusterWeights, DebiasingMethod):
         weight_decay: float = 0.01,
         warmup_steps: int = 500,
         calibration_scales: list[float] | None = None,
-        calibration_samples: int = 256,
+        calibration_samples: int | None = None,
         calibration_batch_size: int | None = None,
     ) -> None:
         if calibration_scales is not None and (classifier is None or not target_distributions):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -131,10 +131,11 @@ def test_callback_fragment_appends(fragment: Path, capsys: pytest.CaptureFixture
     assert "ModelCheckpoint" in output  # the config's own callbacks are kept
 
 
-def test_module_entry_point() -> None:
-    result = subprocess.run([sys.executable, "-m", "lightning_fair", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0
-    assert "{fit,validate,test,predict,report}" in result.stdout
+def test_module_entry_point(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m lightning_fair --help`` lists every subcommand."""
+    monkeypatch.setattr(sys, "argv", ["lightning_fair", "--help"])
+    runpy.run_module("lightning_fair", run_name="__main__")
+    assert "{fit,validate,test,predict,report}" in capsys.readouterr().out
 
 
 def test_classifier_fit_then_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -154,6 +154,21 @@ def _grouper_worker(rank: int, world_size: int, port: int, out_dir: str, backbon
         dist.destroy_process_group()
 
 
+def test_process_shares_of_the_grouping_pass_make_up_the_one_process_pass(
+    tiny_backbone: Path, faces_root: Path
+) -> None:
+    """Each process's share (without the gather) holds its own images once; together they are the 1-process pass."""
+    inputs = _grouper_inputs(str(tiny_backbone), str(faces_root))
+    indices, losses = per_sample_losses(**inputs)
+    shares = [per_sample_losses(**inputs, rank=rank, world_size=2) for rank in range(2)]
+    assert [len(share_indices) for share_indices, _ in shares] == [128, 112]  # batches of 16: 8 and 7
+    together = torch.cat([share_indices for share_indices, _ in shares])
+    order = torch.argsort(together)
+    assert torch.equal(together[order], indices)
+    torch.testing.assert_close(torch.cat([share for _, share in shares])[order], losses, rtol=1e-6, atol=0)
+
+
+@pytest.mark.slow  # two spawned processes; the shares are checked fast above, the gather in test_metrics_ddp
 def test_two_processes_infer_the_same_groups_as_one(tiny_backbone: Path, faces_root: Path, tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -26,6 +26,7 @@ SHORT_RUN = [  # what makes any method's config run in seconds on the tiny model
     "--trainer.enable_progress_bar=false",
     "--model.init_args.sampler.num_inference_steps=2",
     "--data.init_args.num_samples=6",
+    "--dataset.init_args.max_samples_per_split=48",  # the images a fit passes over (InvDiff's losses, SG's features)
 ]
 TEXT_PROMPTS = {"classes": ["a photo of a woman", "a photo of a man"], "attribute": "Male"}
 

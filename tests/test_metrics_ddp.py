@@ -13,6 +13,7 @@ from lightning_fair.metrics import (
     FeatureDistance,
     PairwiseBiasScore,
 )
+from lightning_fair.utils.distributed import gather_rows
 
 NUM_SAMPLES = 11
 # uneven shards: rank 0 gets 7 samples in batches of 3 and 4, rank 1 gets 4 in batches of 2 and 2
@@ -76,6 +77,9 @@ def _feature_distance(batches):
     return metric.compute()
 
 
+ROW_COUNTS = (7, 4)  # rows of each process for gather_rows: uneven, none padded or repeated
+
+
 def _worker(rank, world_size, port, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
@@ -84,6 +88,9 @@ def _worker(rank, world_size, port, out_dir):
         batches = [{k: v[start:stop] for k, v in inputs.items()} for start, stop in SHARDS[rank]]
         torch.save(_compute(batches), os.path.join(out_dir, f"rank{rank}.pt"))
         torch.save(_feature_distance(FEATURE_SHARDS[rank]), os.path.join(out_dir, f"features{rank}.pt"))
+        rows = torch.arange((ROW_COUNTS[0] + ROW_COUNTS[1]) * 2, dtype=torch.float64).view(-1, 2)
+        share = rows[: ROW_COUNTS[0]] if rank == 0 else rows[ROW_COUNTS[0] :]
+        torch.save(gather_rows(share), os.path.join(out_dir, f"rows{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -119,3 +126,9 @@ def test_feature_distance_exact_under_ddp_with_a_process_without_samples(ddp_res
         results = torch.load(ddp_results / f"features{rank}.pt")
         for name, value in expected.items():  # the same order of samples, so the same subsets and sums
             torch.testing.assert_close(results[name], value, rtol=1e-12, atol=0, msg=name)
+
+
+def test_gather_rows_concatenates_uneven_shares_in_rank_order(ddp_results):
+    expected = torch.arange(22, dtype=torch.float64).view(-1, 2)
+    for rank in range(2):
+        assert torch.equal(torch.load(ddp_results / f"rows{rank}.pt"), expected)

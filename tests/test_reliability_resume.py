@@ -407,8 +407,8 @@ def uninterrupted(fit_config: Callable[[str], Path], tmp_path_factory: pytest.Te
         # The slurm requeue test below resumes each of these in-process; one SIGKILLed fit stays in the default run.
         pytest.param("distribution_guidance", marks=pytest.mark.slow),
         pytest.param("invdiff", marks=pytest.mark.slow),
-        "self_guidance",
-        pytest.param("attribute_switching", marks=pytest.mark.slow),
+        pytest.param("self_guidance", marks=pytest.mark.slow),
+        "attribute_switching",  # killed inside its calibration epoch: the shortest fit a kill can interrupt
         pytest.param("classifier", marks=pytest.mark.slow),
     ],
 )
@@ -547,8 +547,8 @@ def pretraining_fit(
 
 @pytest.mark.parametrize(
     ("checkpoint_options", "crash_at", "saved_at"),
-    [
-        ({}, 10, 8),  # end of epoch 1, crash inside epoch 2
+    [  # the end of an epoch, Lightning's own resume point, runs with the slow tests
+        pytest.param({}, 10, 8, marks=pytest.mark.slow),  # end of epoch 1, crash inside epoch 2
         ({"every_n_train_steps": 3}, 8, 6),  # mid-epoch (batch 2 of epoch 1)
         ({"every_n_train_steps": 4}, 7, 4),  # after the last batch of epoch 0, before its epoch end
     ],

@@ -27,15 +27,16 @@ classifier: install
 	$(BIN)/lightning-fair test $(FACES_CLASSIFIER) \
 		--ckpt_path logs/synthetic_faces/classifier/checkpoints/best.ckpt
 
-## test: the fast test suite (the one CI runs) and the linter.
+## test: the fast test suite (the one CI runs, in TEST_WORKERS processes) and the linter.
+TEST_WORKERS ?= 2
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 ## test-all: the fast suite plus the slow end-to-end runs.
 test-all: install
-	$(BIN)/python -m pytest -m "slow or not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "slow or not slow"
 
 lint: install
 	$(BIN)/ruff check .

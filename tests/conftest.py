@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,9 @@ from lightning_fair.main import main
 from lightning_fair.pretraining import DiffusionPretraining
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one torch thread per test worker: the workers share the cores
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

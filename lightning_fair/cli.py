@@ -19,7 +19,7 @@ import lightning_fair.classifiers
 import lightning_fair.data
 import lightning_fair.methods
 import lightning_fair.pretraining
-from lightning_fair.callbacks import FairnessEvaluator
+from lightning_fair.callbacks import FairnessEvaluator, FitBudgetCheck
 from lightning_fair.callbacks.progress_log import ProgressLog
 from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.method_settings import with_method_settings
@@ -141,7 +141,11 @@ class LightningFairCLI(LightningCLI):
         self.trainer = self.instantiate_trainer()
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The trainer, with progress logged as lines in place of Lightning's default bar when output is no terminal."""
+        """The trainer, with progress logged as lines in place of Lightning's default bar when output is no terminal.
+
+        Every fit ends with a line on its budget (:class:`~lightning_fair.callbacks.FitBudgetCheck`): a fit that
+        ``max_time`` stopped before its ``max_steps`` warns loudly.
+        """
         callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         configured = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         trainer = super().instantiate_trainer(**kwargs)  # it adds Lightning's default bar to the configured list
@@ -150,6 +154,8 @@ class LightningFairCLI(LightningCLI):
                 ProgressLog() if isinstance(callback, ProgressBar) and callback not in configured else callback
                 for callback in trainer.callbacks
             ]
+        if not any(isinstance(callback, FitBudgetCheck) for callback in trainer.callbacks):
+            trainer.callbacks.append(FitBudgetCheck())
         return trainer
 
     def _check_ckpt_path(self) -> None:

@@ -19,6 +19,7 @@ LAYERS = [  # lowest first; a part may import its own layer's parts' names only 
     {"classifiers"},
     {"metrics"},
     {"methods", "pretraining"},
+    {"checks"},
     {"callbacks"},
     {"cli", "method_settings"},
     {"report"},

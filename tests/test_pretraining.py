@@ -47,7 +47,7 @@ def trainer(tmp_path: Path, steps: int) -> Trainer:
     )
 
 
-def test_fit_exports_conditional_ema_model(faces_root: Path, tmp_path: Path) -> None:
+def test_fit_exports_the_conditional_model_with_its_training_record(faces_root: Path, tmp_path: Path) -> None:
     module = tiny(tmp_path / "model")
     before = [p.detach().clone() for p in module.unet.parameters()]
     trainer(tmp_path, steps=3).fit(module, datamodule(faces_root))
@@ -59,14 +59,35 @@ def test_fit_exports_conditional_ema_model(faces_root: Path, tmp_path: Path) -> 
     record = json.loads((tmp_path / "model" / "lightning_fair.json").read_text())
     conditioning = {"attribute": "Male", "num_classes": 2, "null_label": 2}
     assert record == {"conditioning": conditioning, "image_size": 32, "center_crop_fraction": 1.0}
+    training = json.loads((tmp_path / "model" / "training.json").read_text())
+    losses = training["val_loss"]
+    assert training["weights"] == min(losses, key=losses.get)  # the weights of lower validation loss
+    assert (training["steps"], training["max_steps"], training["complete"]) == (3, 3, True)
+    kept = module.ema.module if training["weights"] == "ema" else module.unet
     loaded = UNet2DModel.from_pretrained(tmp_path / "model" / "unet")
     assert loaded.config.num_class_embeds == 3
     x, t, labels = torch.randn(2, 3, 32, 32), torch.tensor([10, 500]), torch.tensor([0, 2])
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x, t, class_labels=labels).sample, module.ema.module(x, t, labels).sample)
+        torch.testing.assert_close(loaded(x, t, class_labels=labels).sample, kept(x, t, labels).sample)
     pipeline = DDPMPipeline.from_pretrained(tmp_path / "model")
     assert pipeline.scheduler.config.num_train_timesteps == 1000
     assert not list(tmp_path.glob(".model.*"))  # no staging folder left
+
+
+def test_export_keeps_the_weights_of_lower_validation_loss(faces_root: Path, tmp_path: Path) -> None:
+    module = tiny(tmp_path / "model")
+    trainer(tmp_path, steps=2).fit(module, datamodule(faces_root))
+    for spoiled, kept in (("ema", "raw"), ("raw", "ema")):
+        model = module.ema.module if spoiled == "ema" else module.unet
+        saved = {name: value.clone() for name, value in model.state_dict().items()}
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn_like(parameter))
+        module.on_train_end()
+        training = json.loads((tmp_path / "model" / "training.json").read_text())
+        assert training["weights"] == kept
+        assert training["val_loss"][spoiled] > training["val_loss"][kept]
+        model.load_state_dict(saved)
 
 
 def test_null_label_dropout(tmp_path: Path) -> None:

@@ -31,7 +31,8 @@ class DiffusionPretraining(EMAPretraining):
     100 steps, 0.994 after 1,000 and reaches 0.999 at 10,000, so the average soon forgets the random initial
     weights (without warm-up, decay 0.999 keeps ``0.999 ** n`` of them: 45% after 800 steps). The EMA and its
     step count are checkpointed; the validation loss is logged for the EMA (``val/loss``) and the raw weights
-    (``val/loss_raw``). At the end of ``fit`` the EMA model is written with ``save_pretrained`` into
+    (``val/loss_raw``). At the end of ``fit`` the weights of lower validation loss (see
+    :class:`~lightning_fair.pretraining.ema.EMAPretraining`) are written with ``save_pretrained`` into
     ``output_dir`` as a diffusers ``DDPMPipeline`` folder (``unet/``, ``scheduler/``, ``model_index.json``)
     plus ``lightning_fair.json``, which records the conditioning for the backbone loader.
 
@@ -174,15 +175,10 @@ class DiffusionPretraining(EMAPretraining):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """DDPM loss of the EMA (``val/loss``) and the raw (``val/loss_raw``) weights.
-
-        Both with the same draws per image, seeded by ``(seed, image index)``: the same in every validation.
-        """
-        for name, unet in (("val/loss", self.ema.module), ("val/loss_raw", self.unet)):
-            generators = sample_generators(self.seed, batch["index"], NOISE_STREAM)
-            loss = self.diffusion_loss(unet, batch, dropout=0.0, generators=generators)
-            self.log(name, loss, prog_bar=name == "val/loss", sync_dist=True)
+    def validation_losses(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """DDPM loss of ``model`` without label dropout, with draws seeded by ``(seed, image index)``."""
+        generators = sample_generators(self.seed, batch["index"], NOISE_STREAM)
+        return {"loss": self.diffusion_loss(model, batch, dropout=0.0, generators=generators)}
 
     @property
     def trained(self) -> nn.Module:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -12,21 +15,29 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.methods.lifecycle.schedules import adamw_with_warmup
+from lightning_fair.utils.fit_budget import fit_budget
 from lightning_fair.utils.options import check_ranges
+
+TRAINING_RECORD = "training.json"  # beside an exported model: weights kept, validation losses, steps and budget
 
 
 class EMAPretraining(LightningModule, ABC):
     """The base of the trainers of models from scratch: AdamW with warm-up, EMA weights, atomic export.
 
     A subclass passes its training options to this constructor, builds the model it trains (:attr:`trained`),
-    calls :meth:`average` once on it, and writes a copy of it in :meth:`write`. The EMA is updated after every
-    optimizer step with the warm-up decay of :func:`ema_decay`; it is checkpointed with its step count. At the end
-    of ``fit`` the EMA model is written into ``output_dir``, replacing it atomically.
+    calls :meth:`average` once on it, gives its :meth:`validation_losses` and writes a copy of it in :meth:`write`.
+    The EMA is updated after every optimizer step with the warm-up decay of :func:`ema_decay`; it is checkpointed
+    with its step count. Validation logs the losses of both (``val/loss`` for the EMA, ``val/loss_raw`` for the raw
+    weights). At the end of training the weights of lower validation loss over the validation batches (the EMA
+    on a tie or without validation data) are written into ``output_dir``, replacing it atomically, with
+    ``training.json``: the weights kept, both losses, and the steps trained against the budget
+    (:class:`~lightning_fair.utils.fit_budget.FitBudget`).
 
     Args:
         output_dir: folder the trained model is written to (replaced atomically).
@@ -82,6 +93,44 @@ class EMAPretraining(LightningModule, ABC):
     def write(self, folder: Path, model: nn.Module) -> None:
         """Writes ``model`` (the EMA or the raw copy of :attr:`trained`) and what goes with it into ``folder``."""
 
+    @abstractmethod
+    def validation_losses(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The losses of ``model`` (the EMA or the raw copy) on a validation batch, ``loss`` first.
+
+        Drawn the same way every time, so that the two models and two validations compare on the same draws.
+        """
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """The losses of the EMA (``val/<name>``) and the raw weights (``val/<name>_raw``)."""
+        for suffix, model in (("", self.ema.module), ("_raw", self.trained)):
+            for name, value in self.validation_losses(model, batch).items():
+                self.log(f"val/{name}{suffix}", value, prog_bar=name == "loss" and not suffix, sync_dist=True)
+
+    @torch.no_grad()
+    def weights_losses(self) -> dict[str, float] | None:
+        """The mean validation ``loss`` of the EMA and the raw weights over the trainer's validation batches.
+
+        ``None`` without validation data (no datamodule, no val split, or ``limit_val_batches`` 0).
+        """
+        trainer = self.trainer
+        loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
+        limit = trainer.limit_val_batches
+        if loader is None or not limit:
+            return None
+        count = limit if isinstance(limit, int) else max(1, math.ceil(limit * len(loader)))
+        was_training, totals, images = self.training, {"ema": 0.0, "raw": 0.0}, 0
+        self.eval()
+        try:
+            for batch in itertools.islice(loader, count):
+                batch = trainer.strategy.batch_to_device(batch, self.device)
+                size = len(batch["index"])
+                for name, model in (("ema", self.ema.module), ("raw", self.trained)):
+                    totals[name] += float(self.validation_losses(model, batch)["loss"]) * size
+                images += size
+        finally:
+            self.train(was_training)
+        return {name: total / images for name, total in totals.items()} if images else None
+
     def average(self) -> None:
         """Starts the EMA of :attr:`trained` (``self.ema``), with the warm-up decay of :func:`ema_decay`."""
         update = partial(ema_update, max_decay=self.ema_decay, inv_gamma=self.ema_inv_gamma, power=self.ema_power)
@@ -111,16 +160,31 @@ class EMAPretraining(LightningModule, ABC):
         parameters = [parameter for parameter in self.trained.parameters() if parameter.requires_grad]
         return adamw_with_warmup(parameters, self.learning_rate, self.weight_decay, self.warmup_steps)
 
-    def on_fit_end(self) -> None:
-        """Writes the EMA model into ``output_dir`` (rank zero only)."""
-        if self.trainer.is_global_zero:
-            self.export(self.output_dir)
+    def on_train_end(self) -> None:
+        """Writes the weights of lower validation loss into ``output_dir`` with ``training.json`` (rank zero).
 
-    def export(self, output_dir: str | Path, weights: Literal["ema", "raw"] = "ema") -> Path:
+        At the end of training, before the callbacks' ``on_fit_end``: a callback can check the exported model.
+        """
+        losses = self.weights_losses()
+        weights: Literal["ema", "raw"] = "raw" if losses is not None and losses["raw"] < losses["ema"] else "ema"
+        budget = fit_budget(self.trainer)
+        record = {"weights": weights, "val_loss": losses, **budget.as_dict()}
+        if losses is None:
+            kept = "EMA weights kept (no validation data to compare them with the raw ones)"
+        else:
+            kept = f"{'EMA' if weights == 'ema' else 'raw'} weights kept (validation loss EMA "
+            kept += f"{losses['ema']:.5f}, raw {losses['raw']:.5f})"
+        if self.trainer.is_global_zero:
+            folder = self.export(self.output_dir, weights, record)
+            rank_zero_info(f"{type(self).__name__}: {kept}; {budget.summary()}; written to {folder}")
+
+    def export(
+        self, output_dir: str | Path, weights: Literal["ema", "raw"] = "ema", record: dict[str, Any] | None = None
+    ) -> Path:
         """Writes the EMA (or raw) model with :meth:`write` into ``output_dir``, atomically.
 
         Everything is written into a hidden folder beside ``output_dir`` that then replaces it: a failure or a kill
-        never leaves a half-written model there.
+        never leaves a half-written model there. ``record`` (how the model was trained) goes to ``training.json``.
         """
         if weights not in ("ema", "raw"):
             raise ValueError(f"'weights' must be 'ema' or 'raw', got {weights!r}")
@@ -129,6 +193,8 @@ class EMAPretraining(LightningModule, ABC):
         staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
         try:
             self.write(staging, self.ema.module if weights == "ema" else self.trained)
+            if record is not None:
+                (staging / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
             if output_dir.exists():
                 shutil.rmtree(output_dir)
             os.replace(staging, output_dir)

@@ -47,10 +47,11 @@ class LatentDiffusionPretraining(EMAPretraining):
     uninterrupted one. EMA weights of UNet and text encoder with warm-up, as
     :class:`~lightning_fair.pretraining.DiffusionPretraining`.
 
-    At the end of ``fit`` the EMA model is written into ``output_dir`` with ``StableDiffusionPipeline``'s
-    ``save_pretrained`` (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, a DDIM ``scheduler/`` with Stable
-    Diffusion 1.x's settings, ``model_index.json``; no safety checker), plus ``lightning_fair.json``: the text
-    conditioning with its neutral prompt, the image size and the view of the training images.
+    At the end of ``fit`` the weights of lower validation loss (EMA or raw) are written into ``output_dir`` with
+    ``StableDiffusionPipeline``'s ``save_pretrained`` (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, a
+    DDIM ``scheduler/`` with Stable Diffusion 1.x's settings, ``model_index.json``; no safety checker), plus
+    ``lightning_fair.json``: the text conditioning with its neutral prompt, the image size and the view of the
+    training images.
 
     Args:
         output_dir: folder the pipeline is written to (replaced atomically).
@@ -226,15 +227,13 @@ class LatentDiffusionPretraining(EMAPretraining):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """Loss of the EMA (``val/loss``) and the raw (``val/loss_raw``) weights, with the same draws every time."""
+    def validation_losses(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Diffusion loss of ``model`` on the batch's latents, captions and draws seeded by ``(seed, image index)``."""
         with torch.no_grad():
             latents = self.vae.encode(batch["image"]).latent_dist.mean * self.vae.config.scaling_factor
-        for name, model in (("val/loss", self.ema.module), ("val/loss_raw", self.denoiser)):
-            generators = sample_generators(self.seed, batch["index"], NOISE_STREAM)
-            captions = self.captions(batch["attributes"], generators)
-            loss = self.diffusion_loss(model, latents, captions, generators)
-            self.log(name, loss, prog_bar=name == "val/loss", sync_dist=True)
+        generators = sample_generators(self.seed, batch["index"], NOISE_STREAM)
+        captions = self.captions(batch["attributes"], generators)
+        return {"loss": self.diffusion_loss(model, latents, captions, generators)}
 
     def write(self, folder: Path, model: nn.Module) -> None:
         """Writes ``model`` (UNet and text encoder) with the VAE and the tokenizer as a Stable Diffusion folder."""

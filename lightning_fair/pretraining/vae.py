@@ -127,13 +127,11 @@ class VAEPretraining(EMAPretraining):
         self.log("train/kl", losses["kl"])
         return losses["loss"]
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """The loss of the EMA (``val/loss``, ``val/reconstruction``) and the raw weights (``val/loss_raw``)."""
-        for suffix, vae in (("", self.ema.module), ("_raw", self.vae)):
-            generators = sample_generators(self.seed, batch["index"], NOISE_STREAM)
-            losses = self.losses(vae, batch["image"], generators)
-            self.log(f"val/loss{suffix}", losses["loss"], prog_bar=not suffix, sync_dist=True)
-            self.log(f"val/reconstruction{suffix}", losses["reconstruction"], sync_dist=True)
+    def validation_losses(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The loss and the reconstruction error of ``model``, posterior samples seeded by ``(seed, image index)``."""
+        generators = sample_generators(self.seed, batch["index"], NOISE_STREAM)
+        losses = self.losses(model, batch["image"], generators)
+        return {"loss": losses["loss"], "reconstruction": losses["reconstruction"]}
 
     def write(self, folder: Path, model: nn.Module) -> None:
         """Writes ``model`` with ``save_pretrained``, its ``scaling_factor`` set from the training images if any."""

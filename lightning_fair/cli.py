@@ -19,7 +19,7 @@ import lightning_fair.classifiers
 import lightning_fair.data
 import lightning_fair.methods
 import lightning_fair.pretraining
-from lightning_fair.callbacks import FairnessEvaluator, FitBudgetCheck
+from lightning_fair.callbacks import BackboneCheck, FairnessEvaluator, FitBudgetCheck
 from lightning_fair.callbacks.progress_log import ProgressLog
 from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.method_settings import with_method_settings
@@ -48,10 +48,11 @@ class LightningFairCLI(LightningCLI):
     interpolates it (``${backbone}``, ``${dataset.init_args.sensitive}``): ``backbone``, ``classifier``, ``dataset``
     (an image DataModule, not instantiated by itself), ``prompts`` (of a text-to-image backbone), ``evaluator`` (the
     :class:`~lightning_fair.callbacks.FairnessEvaluator`, added to the trainer's callbacks, set from the command line
-    as ``--evaluator.classifier``), ``name`` (the run's name, set by the method config) and ``method_settings`` (the
-    setup's values for each method, see :mod:`lightning_fair.method_settings`). A shared option that is set but that
-    the config's parts do not follow is refused, so that a run never silently uses another model or classifier than
-    the one given.
+    as ``--evaluator.classifier``), ``backbone_check`` (the :class:`~lightning_fair.callbacks.BackboneCheck` of a
+    pretraining run, ``--backbone_check null`` skips it), ``name`` (the run's name, set by the method config) and
+    ``method_settings`` (the setup's values for each method, see :mod:`lightning_fair.method_settings`). A shared
+    option that is set but that the config's parts do not follow is refused, so that a run never silently uses another
+    model or classifier than the one given.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -68,6 +69,7 @@ class LightningFairCLI(LightningCLI):
             help="the setup's settings of each method, by name (applied after the method's config)",
         )
         parser.add_lightning_class_args(FairnessEvaluator, "evaluator", subclass_mode=True, required=False)
+        parser.add_lightning_class_args(BackboneCheck, "backbone_check", subclass_mode=True, required=False)
 
     def before_instantiate_classes(self) -> None:
         """Refuses a shared option that the parts it names do not follow; Lightning's DDP names run the framework's.
@@ -82,14 +84,13 @@ class LightningFairCLI(LightningCLI):
         if isinstance(strategy, str) and strategy in DDP_START_METHODS:
             trainer["strategy"] = CalibrationAwareDDPStrategy(start_method=DDP_START_METHODS[strategy])
         model, evaluator = config.get("model") or {}, config.get("evaluator") or {}
+        check = config.get("backbone_check") or {}
         uses = {
             "backbone": [("model.init_args.backbone", model.get("init_args", {}).get("backbone"))],
             "classifier": [
                 ("model.init_args.classifier", model.get("init_args", {}).get("classifier")),
-                (
-                    "evaluator.init_args.classifier",
-                    evaluator.get("init_args", {}).get("classifier"),
-                ),
+                ("evaluator.init_args.classifier", evaluator.get("init_args", {}).get("classifier")),
+                ("backbone_check.init_args.classifier", check.get("init_args", {}).get("classifier")),
             ],
         }
         dataset, data = config.get("dataset"), config.get("data") or {}
@@ -110,7 +111,7 @@ class LightningFairCLI(LightningCLI):
                     )
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
-        """Lightning's trainer, without the top-level ``evaluator`` when a run has none."""
+        """Lightning's trainer, without the top-level ``evaluator`` or ``backbone_check`` when a run has none."""
         return super()._instantiate_trainer(config, [callback for callback in callbacks if callback is not None])
 
     def _parse_ckpt_path(self) -> None:

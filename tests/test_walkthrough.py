@@ -84,9 +84,16 @@ def test_the_walkthrough_runs_from_a_csv_dataset_to_a_report(walkthrough: Path) 
         "--model.init_args.norm_num_groups=4",
         "--trainer.max_steps=2",
         "--trainer.limit_val_batches=1",
+        "--backbone_check.init_args.samples_per_class=4",
+        "--backbone_check.init_args.steps=2",
     ]
     main(["fit", "-c", setup, "-c", str(TRAINING / "pretrain_unet.yaml"), *tiny_unet])
     assert (walkthrough / backbone / "model_index.json").is_file()
+    check = json.loads((walkthrough / backbone / "check.json").read_text())
+    assert check["classifier"] == classifier  # the setup's classifier checked the 2-step model
+    assert check["samples"] == 8
+    assert not check["usable"]
+    assert json.loads((walkthrough / backbone / "training.json").read_text())["steps"] == 2
 
     tiny_fits = {
         "distribution_guidance": ["--trainer.max_epochs=1", "--model.init_args.calibration_scales=[0, 50]"],

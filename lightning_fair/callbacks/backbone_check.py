@@ -9,7 +9,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_fair.checks import CHECK_FILE, BackboneThresholds, check_backbone
-from lightning_fair.classifiers import load_classifier
+from lightning_fair.classifiers import AttributeClassifier, load_classifier
 from lightning_fair.data.base import AttributeDataModule
 from lightning_fair.utils.files import write_text_atomically
 
@@ -47,6 +47,12 @@ class BackboneCheck(Callback):
         self.steps = steps
         self.batch_size = batch_size
         self.thresholds = thresholds or BackboneThresholds()
+        self._classifier: AttributeClassifier | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Loads the classifier when the fit starts: a missing one is an error now, not after the training."""
+        if stage == "fit" and self._classifier is None:
+            self._classifier = load_classifier(self.classifier)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Checks the model in the module's ``output_dir`` (written at the end of training) on the fit's data."""
@@ -60,7 +66,7 @@ class BackboneCheck(Callback):
             )
         verdict = check_backbone(
             str(folder),
-            load_classifier(self.classifier),
+            self._classifier or load_classifier(self.classifier),
             data,
             samples_per_class=self.samples_per_class,
             steps=self.steps,

@@ -9,8 +9,10 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 import lightning_fair.callbacks.sampling_timer
+from lightning_fair.callbacks import SamplingTimer
 from lightning_fair.cli import build_cli
 from lightning_fair.report.runs import fit_key
 
@@ -52,8 +54,9 @@ def test_fairness_benchmark_rows(
     generation_config: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fairness = load_script("fairness")
-    # Two runs of two batches each: plain's runs last 3 s and 2 s, conditional's 6 s and 7 s.
-    clock = FakeClock([1.0, 2.0, 1.0, 1.0, 3.0, 3.0, 3.0, 4.0])
+    # Two runs of two batches of 4 each; the first batch of a run is its warm-up, the second is timed and stands for
+    # both: plain's runs time 2 s and 1 s (after warm-ups of 10 s), conditional's 3 s and 4 s.
+    clock = FakeClock([10.0, 2.0, 10.0, 1.0, 3.0, 3.0, 3.0, 4.0])
     monkeypatch.setattr(lightning_fair.callbacks.sampling_timer, "time", clock)
     for name in ("plain", "conditional"):  # each method writes its samples into a folder of its own
         (tmp_path / name).mkdir()
@@ -92,9 +95,29 @@ def test_fairness_benchmark_rows(
     assert rows[0]["agreement"] is None  # plain requests no class
     assert 0.0 <= rows[1]["agreement"] <= 1.0
     assert clock.step_seconds == []  # every batch was timed, and nothing else
-    assert [row["run_seconds"] for row in rows] == [[3.0, 2.0], [6.0, 7.0]]
+    assert [row["run_seconds"] for row in rows] == [[4.0, 2.0], [6.0, 8.0]]
     assert [row["seconds"] for row in rows] == [2.0, 6.0]  # the fastest run
     assert [row["time_ratio"] for row in rows] == [1.0, 3.0]  # over plain's
+
+
+def test_sampling_timer_times_apart_the_warm_up_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock([9.0, 2.0, 1.0])
+    monkeypatch.setattr(lightning_fair.callbacks.sampling_timer, "time", clock)
+    module = torch.nn.Linear(1, 1)
+    module.device = torch.device("cpu")
+    timer = SamplingTimer(warmup_batches=1)
+    timer.on_test_start(None, module)
+    for size in (4, 4, 2):  # 10 samples: 3 s for the 6 after the warm-up, so 5 s for all 10
+        timer.on_test_batch_start(None, module, {"index": torch.arange(size)}, 0)
+        timer.on_test_batch_end(None, module, None, {"index": torch.arange(size)}, 0)
+    assert (timer.warmup_seconds, timer.timed_seconds, timer.timed_samples) == (9.0, 3.0, 6)
+    assert timer.seconds == pytest.approx(5.0)
+    single = SamplingTimer(warmup_batches=1)
+    monkeypatch.setattr(lightning_fair.callbacks.sampling_timer, "time", FakeClock([7.0]))
+    single.on_test_start(None, module)
+    single.on_test_batch_start(None, module, {"index": torch.arange(3)}, 0)
+    single.on_test_batch_end(None, module, None, {"index": torch.arange(3)}, 0)
+    assert single.seconds == 7.0  # a run of one batch is timed whole
 
 
 @pytest.mark.parametrize(

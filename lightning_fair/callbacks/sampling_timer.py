@@ -1,4 +1,4 @@
-"""The time a run spends generating: the sum of its test steps, accelerator work included."""
+"""The time a run spends generating: its test steps after a warm-up batch, accelerator work included."""
 
 from __future__ import annotations
 
@@ -10,19 +10,39 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 
 class SamplingTimer(Callback):
-    """Adds up the seconds of every ``test`` step (synchronising a CUDA device at both ends); reset at each run.
+    """Times every ``test`` step (synchronising a CUDA device at both ends) but the first ``warmup_batches``.
+
+    The first batch of a run pays one-off costs (the first calls of the model: memory, kernels, thread pools),
+    which would otherwise weigh on whichever method runs first; so it is timed apart (``warmup_seconds``) and
+    :attr:`seconds` extrapolates the other batches' time per sample to every sample of the run. A run of no more
+    than ``warmup_batches`` batches is timed whole. Reset at each run.
 
     Put it first in the trainer's callbacks, so that its clock stops before the other callbacks handle the batch
     (e.g. the evaluator labelling the images).
+
+    Args:
+        warmup_batches: leading batches timed apart.
     """
 
-    def __init__(self) -> None:
-        self.seconds = 0.0
+    def __init__(self, warmup_batches: int = 1) -> None:
+        if warmup_batches < 0:
+            raise ValueError(f"Option 'warmup_batches' must be at least 0, got {warmup_batches}")
+        self.warmup_batches = warmup_batches
+        self.timed_seconds = self.warmup_seconds = 0.0
+        self.timed_samples = self.warmup_samples = self.batches = 0
         self._start: float | None = None
 
+    @property
+    def seconds(self) -> float:
+        """Sampling seconds of the whole run at the pace of the batches after the warm-up (all, without them)."""
+        if self.timed_samples == 0:
+            return self.warmup_seconds
+        return self.timed_seconds / self.timed_samples * (self.timed_samples + self.warmup_samples)
+
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Starts a new sum."""
-        self.seconds = 0.0
+        """Starts new sums."""
+        self.timed_seconds = self.warmup_seconds = 0.0
+        self.timed_samples = self.warmup_samples = self.batches = 0
 
     def on_test_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -40,11 +60,19 @@ class SamplingTimer(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Adds the step's seconds."""
+        """Adds the step's seconds and samples to the warm-up or to the timed sums."""
         _synchronize(pl_module.device)
-        if self._start is not None:
-            self.seconds += time.perf_counter() - self._start
-            self._start = None
+        if self._start is None:
+            return
+        elapsed, samples = time.perf_counter() - self._start, len(batch["index"])
+        self._start = None
+        self.batches += 1
+        if self.batches <= self.warmup_batches:
+            self.warmup_seconds += elapsed
+            self.warmup_samples += samples
+        else:
+            self.timed_seconds += elapsed
+            self.timed_samples += samples
 
 
 def _synchronize(device: torch.device) -> None:

@@ -172,10 +172,11 @@ def run_method(
         announce("generating")
     timer = SamplingTimer()
     trainer.callbacks.insert(0, timer)  # first: its clock stops right after each test step
-    run_seconds = []
+    run_seconds, warmup_seconds = [], []
     for _ in range(protocol.repeats):  # every repeat generates the same images (per-sample seeds)
         trainer.test(model, cli.datamodule, ckpt_path=checkpoint, verbose=False)
         run_seconds.append(timer.seconds)
+        warmup_seconds.append(timer.warmup_seconds)
     result = evaluators[0].result
     condition = result.conditions.get(result.sensitive)
     row = {
@@ -208,6 +209,7 @@ def run_method(
         "agreement": None if condition is None else condition.agreement,
         "seconds": min(run_seconds),
         "run_seconds": run_seconds,
+        "warmup_seconds": warmup_seconds,
         "fit": fit,
         "fit_seconds": fit_seconds,
         "fit_folder": None if fit_folder is None else str(fit_folder),

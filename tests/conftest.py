@@ -21,6 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one torch thread per test worker: the workers share the cores
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # and in the processes a test starts, whose results it compares with its own
 
 
 @pytest.fixture(scope="session")

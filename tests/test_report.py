@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from lightning_fair.main import main
+from lightning_fair.report.checks import report_checks
 from lightning_fair.report.command import planned_runs, report_parser, run_report
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +30,7 @@ def test_report_writes_rows_pictures_and_pages(
         "protocol": yaml.safe_load(PROTOCOL),
         "log_dir": str(tmp_path / "logs"),
         "output": str(tmp_path / "report"),
+        "backbone_check": 4,
     }
     settings.write_text(yaml.safe_dump(options))
     main(["report", "-c", str(settings)])
@@ -47,12 +49,23 @@ def test_report_writes_rows_pictures_and_pages(
     page = (report / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 5  # two summaries, the side-by-side and one grid per method
     markdown = (report / "report.md").read_text()
-    assert "| conditional |" in markdown
+    # The random tiny backbone fails its check: every row rests on it, so every row is marked in every table.
+    for row in rows:
+        (backbone,) = [check for check in row["checks"] if check["name"] == "backbone"]
+        assert not backbone["passed"]
+        assert "NOT USABLE" in backbone["detail"]
+    assert markdown.index("## Checks") < markdown.index("| method |")
+    assert "FAILED backbone: backbone" in markdown
+    assert markdown.count("| conditional (!) |") == 2
+    assert "FAILED backbone" in page
     assert "trainable parameters" in markdown
     assert "![side by side](side_by_side.png)" in markdown
     assert f'"setup": "{options["setup"]}"' in markdown
     assert [row["trainable_parameters"] for row in rows] == [0, 0]
     assert all(row["fit"] == "none" for row in rows)
+    line = cli_error(["report", "-c", str(settings), "--strict=true"])  # the check is read back from its cache
+    assert line.startswith("error: --strict: ")
+    assert "check(s) failed: backbone (plain/conditional)" in line
     line = cli_error(["report", "-c", str(settings), "--methods=[plain,unknown]"])
     assert "no config for 'unknown'" in line
     line = cli_error(["report", "-c", str(settings), "--protocol.repeats=0"])
@@ -177,3 +190,36 @@ def test_report_tests_a_given_fit_folder_with_its_diagnostics(tiny_setup: Callab
     assert (tmp_path / "second" / "attribute_switching_tau_curve.png").is_file()
     page = (tmp_path / "second" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 + 1 + 2 + 1  # summaries, side-by-side, grids, tau curve
+
+
+def test_checks_of_hand_made_rows(tmp_path: Path) -> None:
+    fit = tmp_path / "fit"
+    fit.mkdir()
+    (fit / "guidance_scale_curve.json").write_text(
+        json.dumps({"option": "guidance_scale", "chosen": 200, "reached": False})
+    )
+    base = {
+        "fd": 0.1,
+        "fid_cls": 1.0,
+        "proportions": [0.5, 0.5],
+        "agreement": None,
+        "confident": 0.9,
+        "fit_folder": None,
+    }
+    rows = [
+        {**base, "method": "plain"},
+        {**base, "method": "conditional", "agreement": 0.54},  # gain 0.08 over chance 0.5: at chance
+        {**base, "method": "distribution_guidance", "fit_folder": str(fit), "fid_cls": None},
+    ]
+    checks = report_checks(rows, None)
+    failed = {(check.name, check.methods) for check in checks if not check.passed}
+    assert failed == {
+        ("agreement", ("conditional",)),
+        ("calibration", ("distribution_guidance",)),
+        ("metrics", ("distribution_guidance",)),
+    }
+    rows[0]["confident"] = 0.4
+    rows[1]["agreement"] = 0.56  # gain 0.12
+    failed = {(check.name, check.methods) for check in report_checks(rows, None) if not check.passed}
+    assert ("classifier", ("plain", "conditional", "distribution_guidance")) in failed
+    assert not any(name == "agreement" for name, _ in failed)

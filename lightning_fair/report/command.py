@@ -11,6 +11,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from lightning_fair.callbacks import FairnessEvaluator
 from lightning_fair.cli import add_shared_arguments
 from lightning_fair.methods import method_registry
+from lightning_fair.report.backbone import cached_backbone_check
+from lightning_fair.report.checks import report_checks
 from lightning_fair.report.document import write_report
 from lightning_fair.report.runs import MethodRun, Protocol, SharedParts, run_method
 
@@ -55,6 +57,15 @@ def report_parser() -> ArgumentParser:
         "--log_dir", type=str | None, default=None, help="where runs and cached fits go (default: <output>/runs)"
     )
     parser.add_argument("--output", type=str, default="report", help="the report's folder")
+    parser.add_argument(
+        "--backbone_check",
+        type=int,
+        default=256,
+        help="samples per class of the check of the backbone (cached per backbone and classifier; 0: no check)",
+    )
+    parser.add_argument(
+        "--strict", type=bool, default=False, help="a failed check ends the report with exit status 2 (one line)"
+    )
     return parser
 
 
@@ -126,5 +137,16 @@ def run_report(args: list[str]) -> list[dict[str, Any]]:
             progress.advance(task)
     for row in rows:
         row["time_ratio"] = row["seconds"] / rows[0]["seconds"]
-    write_report(rows, protocol, Path(options.output), describe_setting(options, evaluators[0]))
+    verdict = None
+    if options.backbone_check:
+        folder = Path(log_dir, group, "backbone_check")
+        verdict = cached_backbone_check(rows[0], evaluators[0], options.backbone_check, protocol, folder)
+    checks = report_checks(rows, verdict)
+    for row in rows:
+        row["checks"] = [check.as_dict() for check in checks if row["method"] in check.methods]
+    write_report(rows, protocol, Path(options.output), describe_setting(options, evaluators[0]), checks)
+    failed = [check for check in checks if not check.passed]
+    if options.strict and failed:
+        names = ", ".join(f"{check.name} ({'/'.join(check.methods)})" for check in failed)
+        raise ValueError(f"--strict: {len(failed)} check(s) failed: {names}; see {Path(options.output, 'report.md')}")
     return rows

@@ -11,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from lightning_fair.report.checks import ReportCheck, checks_section
 from lightning_fair.report.pictures import fairness_quality, proportion_bars, side_by_side, timestep_curves
 from lightning_fair.report.runs import Protocol
 from lightning_fair.report.tables import cost_table, fairness_table
@@ -75,14 +76,21 @@ def _per_timestep(table: Path) -> bool:
         return "timestep" in file.readline().strip().split(",")
 
 
-def write_report(rows: list[dict[str, Any]], protocol: Protocol, folder: Path, setting: dict[str, Any]) -> None:
+def write_report(
+    rows: list[dict[str, Any]],
+    protocol: Protocol,
+    folder: Path,
+    setting: dict[str, Any],
+    checks: list[ReportCheck] | None = None,
+) -> None:
     """Writes ``results.json``, the summary pictures, ``report.md`` and ``report.html`` into ``folder``.
 
     Args:
-        rows: one per method (``run_method``'s).
+        rows: one per method (``run_method``'s, with the ``checks`` that concern it).
         protocol: what the methods shared.
         folder: where the report goes.
         setting: what the comparison ran on (backbone, classifier, reference, attributes), shown with the protocol.
+        checks: what the report cannot vouch for (a section at the top of the pages).
     """
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomically(folder / "results.json", json.dumps(rows, indent=2) + "\n")
@@ -95,7 +103,8 @@ def write_report(rows: list[dict[str, Any]], protocol: Protocol, folder: Path, s
     per_method = collect_files(rows, folder)
     tables = [fairness_table(rows), cost_table(rows)]
     settings = {"setting": setting, "protocol": vars(protocol), "versions": versions()}
-    lines = ["# Debiasing report", "", tables[0], "", tables[1], ""]
+    verdicts = checks_section(checks) if checks is not None else []
+    lines = ["# Debiasing report", "", *verdicts, tables[0], "", tables[1], ""]
     lines += [" ".join(f"![{path.stem}]({path.name})" for path in summaries), ""]
     if strips:
         lines += ["## The same initial noise, method by method", "", SIDE_BY_SIDE_NOTE, ""]
@@ -107,7 +116,7 @@ def write_report(rows: list[dict[str, Any]], protocol: Protocol, folder: Path, s
         lines.append("")
     lines += ["## Setting, protocol and versions", "", "```json", json.dumps(settings, indent=2), "```", ""]
     write_text_atomically(folder / "report.md", "\n".join(lines))
-    page = _html(tables, summaries, folder / SIDE_BY_SIDE if strips else None, per_method, settings)
+    page = _html(verdicts, tables, summaries, folder / SIDE_BY_SIDE if strips else None, per_method, settings)
     write_text_atomically(folder / "report.html", page)
 
 
@@ -125,6 +134,15 @@ def _html_table(table: str) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _html_checks(lines: list[str]) -> str:
+    """The checks section: its summary line and one item per check."""
+    if not lines:
+        return ""
+    summary = next(line for line in lines[1:] if line)
+    items = "".join(f"<li>{html.escape(line[2:])}</li>" for line in lines if line.startswith("- "))
+    return f"<h2>Checks</h2><p>{html.escape(summary.replace('**', ''))}</p><ul>{items}</ul>"
+
+
 def _report_preview(path: Path) -> str:
     text = path.read_text()
     if len(text) > JSON_PREVIEW_CHARACTERS:
@@ -133,6 +151,7 @@ def _report_preview(path: Path) -> str:
 
 
 def _html(
+    verdicts: list[str],
     tables: list[str],
     summaries: list[Path],
     strips: Path | None,
@@ -157,6 +176,7 @@ def _html(
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
         "img{max-width:48%;margin:4px;vertical-align:top}.wide img{max-width:100%}</style></head><body>"
         "<h1>Debiasing report</h1>"
+        + _html_checks(verdicts)
         + "".join(_html_table(table) for table in tables)
         + "<div>"
         + "".join(_image(path) for path in summaries)

@@ -8,7 +8,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,8 @@ def run_method(
     row = {
         "method": method,
         "setup": str(run.setup),
+        "backbone": model.backbone_reference,
+        "prompts": asdict(model.prompts) if model.backbone.conditioning == "text" else None,
         "config": str(config),
         "checkpoint": checkpoint,
         "num_samples": result.num_samples,

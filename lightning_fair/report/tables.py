@@ -10,6 +10,12 @@ def cell(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def label(row: dict[str, Any]) -> str:
+    """The row's method, marked ``(!)`` when a check it rests on failed (the report's checks section says which)."""
+    failed = any(not check["passed"] for check in row.get("checks", []))
+    return f"{row['method']} (!)" if failed else row["method"]
+
+
 def _table(header: list[str], lines: list[list[str]]) -> str:
     rows = [header, ["---"] * len(header), *lines]
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
@@ -30,7 +36,7 @@ def fairness_table(rows: list[dict[str, Any]]) -> str:
             for attribute, scores in row["bias_score_by_condition"].items()
         )
         line = [
-            row["method"],
+            label(row),
             cell(row["fd"], 4),
             cell(row["fd_l1"], 4),
             cell(row["fd_kl"], 4),
@@ -53,7 +59,7 @@ def cost_table(rows: list[dict[str, Any]]) -> str:
     header = ["method", "fid_cls", "kid_cls", "seconds", "time ratio", "fit", "fit seconds", "trainable parameters"]
     lines = [
         [
-            row["method"],
+            label(row),
             cell(row["fid_cls"], 2),
             cell(row["kid_cls"], 4),
             f"{row['seconds']:.1f}",

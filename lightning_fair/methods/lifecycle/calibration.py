@@ -16,7 +16,7 @@ from torch import Tensor
 
 from lightning_fair.classifiers import AttributeClassifier
 from lightning_fair.diffusion.seeding import seed_of
-from lightning_fair.methods.lifecycle.diagnostics import curve_files
+from lightning_fair.methods.lifecycle.diagnostics import curve_files, write_report
 from lightning_fair.metrics.feature_distance import frechet_distance
 from lightning_fair.metrics.quality import reference_features
 from lightning_fair.utils.curves import write_curve
@@ -50,8 +50,10 @@ class ScaleSearch:
     reached: bool
 
     def write(self, folder: Path) -> list[Path]:
-        """Writes ``<option>_curve.csv`` and ``<option>_curve.png`` into ``folder``; returns their paths."""
+        """Writes ``<option>_curve.csv``, ``.png`` and ``.json`` (the choice, ``reached``) into ``folder``."""
         stem = f"{self.option}_curve"
+        choice = {"option": self.option, "chosen": self.chosen, "reached": self.reached, "tolerance": self.tolerance}
+        write_report(folder / f"{stem}.json", choice)
         verdict = "least fid_cls within tolerance" if self.reached else "target not reached: least FD"
         write_curve(
             folder,
@@ -64,7 +66,7 @@ class ScaleSearch:
             log_x=True,
             level=("tolerance", self.tolerance),
         )
-        return curve_files(folder, stem)
+        return [*curve_files(folder, stem), folder / f"{stem}.json"]
 
     def summary(self) -> str:
         """One line for the log: the choice and why."""
@@ -257,8 +259,8 @@ class ScaleCalibration:
         return calibrate(method, self.option, set_scale, self.scales, self.num_samples, self.batch_size, targets)
 
     def diagnostics(self, folder: Path) -> list[Path]:
-        """The files of the search's curve in ``folder``."""
-        return curve_files(folder, f"{self.option}_curve")
+        """The files of the search in ``folder``: its curve and its choice (``.json``)."""
+        return [*curve_files(folder, f"{self.option}_curve"), folder / f"{self.option}_curve.json"]
 
     def record(self, checkpoint: dict[str, Any], scale: float | None) -> None:
         """Keeps ``scale`` in the checkpoint's record (nothing when there is none yet)."""

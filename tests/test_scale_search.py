@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -70,7 +71,10 @@ def test_fit_calibrates_the_scale_and_the_checkpoint_keeps_it(
         "adp_accuracy.csv",
         "guidance_scale_curve.png",
         "guidance_scale_curve.csv",
+        "guidance_scale_curve.json",
     ]
+    choice = json.loads((tmp_path / "guidance_scale_curve.json").read_text())
+    assert (choice["chosen"], choice["reached"]) == (search.chosen, search.reached)
 
     # FD at scale 0 is that of the unguided calibration samples, labelled by the classifier
     method.guidance_scales = {"Male": 0.0}

@@ -20,12 +20,12 @@ from lightning_fair.diffusion import DiffusionSampler, SamplerConfig, SamplingSt
 from lightning_fair.diffusion.class_draws import draw_classes
 from lightning_fair.diffusion.guidance import guided_eps, is_unguided
 from lightning_fair.diffusion.seeding import CONDITION_STREAM
-from lightning_fair.methods.conditions import Prompts
+from lightning_fair.methods.conditions import ClassConditions, Prompts
 from lightning_fair.methods.lifecycle.checkpoints import CheckpointHygiene
 from lightning_fair.methods.lifecycle.runtime import RunHooks
 
 
-class DebiasingMethod(RunHooks, CheckpointHygiene, LightningModule):
+class DebiasingMethod(ClassConditions, RunHooks, CheckpointHygiene, LightningModule):
     """A debiasing method: hooks over a frozen diffusion backbone (pixel or latent) and the shared sampling loop.
 
     Subclasses set ``name`` (their key in :func:`method_registry`) and override:
@@ -115,57 +115,6 @@ class DebiasingMethod(RunHooks, CheckpointHygiene, LightningModule):
         Empty by default: the evaluator then uses its own options, or the uniform distribution.
         """
         return {}
-
-    # --------------------------------------------------------------------------------------------- conditions
-
-    @property
-    def condition_attribute(self) -> str:
-        """The name the per-sample class conditions are reported under."""
-        attribute = self.prompts.attribute if self.backbone.conditioning == "text" else None
-        return attribute or getattr(self.backbone, "condition_attribute", None) or "condition"
-
-    @property
-    def num_condition_classes(self) -> int:
-        """Classes a method can condition on: the backbone's labels, or ``prompts.classes``."""
-        self.require_classes()
-        if self.backbone.conditioning == "class":
-            return self.backbone.num_classes
-        return len(self.prompts.classes)
-
-    def require_classes(self, null: bool = False) -> None:
-        """Refuses, naming this method, a backbone that cannot be conditioned on classes (or has no null label)."""
-        method, backbone = type(self).__name__, self.backbone
-        if backbone.conditioning == "text" and self.prompts.classes is None:
-            raise ValueError(
-                f"{method} conditions on classes: '{backbone.reference}' takes text prompts, so give one prompt per "
-                "class in 'prompts.classes' (e.g. ['a photo of a woman', 'a photo of a man'])"
-            )
-        if backbone.conditioning == "none":
-            raise ValueError(
-                f"{method} needs a backbone conditioned on class labels or text; '{backbone.reference}' is "
-                "unconditional"
-            )
-        if null and backbone.conditioning == "class" and backbone.null_label is None:
-            raise ValueError(f"{method} needs a backbone trained with a null label; '{backbone.reference}' has none")
-
-    def class_condition(self, labels: Tensor) -> Condition:
-        """The backbone's condition for class ``labels``: the labels, or the prompts of ``prompts.classes``."""
-        self.require_classes()
-        if self.backbone.conditioning == "class":
-            return self.backbone.class_condition(labels.to(self.device))
-        return self.backbone.prompt_condition([self.prompts.classes[k] for k in labels.tolist()]).to(self.device)
-
-    def neutral_condition(self, batch_size: int) -> Condition:
-        """The condition of unguided sampling: the null label, the neutral prompt, or none."""
-        if self.backbone.conditioning != "text":
-            return self.backbone.null_condition(batch_size, self.device)
-        prompt = self.prompts.neutral if self.prompts.neutral is not None else self.backbone.neutral_prompt
-        if prompt is None:
-            raise ValueError(
-                f"'{self.backbone.reference}' records no neutral prompt: set 'prompts.neutral' "
-                "(e.g. 'a photo of a person')"
-            )
-        return self.backbone.prompt_condition([prompt] * batch_size).to(self.device)
 
     def unet_eps(
         self,

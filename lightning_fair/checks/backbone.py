@@ -33,7 +33,7 @@ class BackboneThresholds:
 
     min_agreement_gain: float = 0.5
     min_confident_share: float = 0.5
-    max_fid_ratio: float | None = 25.0
+    max_fid_ratio: float | None = 60.0
 
 
 @dataclass(frozen=True)

@@ -91,3 +91,39 @@ def write_tiny_pipeline(folder: Path, prediction_type: str = "epsilon") -> Path:
     record = {"conditioning": {"kind": "text", "neutral_prompt": NEUTRAL_PROMPT}, "image_size": 32}
     (folder / "lightning_fair.json").write_text(json.dumps(record))
     return folder
+
+
+def write_tiny_clip(folder: Path, image_size: int = 24, patch_size: int = 8, projection_dim: int = 12) -> Path:
+    """Writes a randomly initialised ``CLIPModel`` with its processor, as ``save_pretrained`` writes them."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer.from_pretrained(character_tokenizer(folder.parent / f"{folder.name}_tokenizer", 64))
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 64,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "image_size": image_size,
+            "patch_size": patch_size,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+        },
+        projection_dim=projection_dim,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder

@@ -6,20 +6,24 @@ import contextvars
 from pathlib import Path
 
 from lightning_fair.classifiers.attribute_classifier import AttributeClassifier
+from lightning_fair.classifiers.zero_shot import SPEC_FILE, SPEC_SUFFIXES, ZeroShotClassifier
 from lightning_fair.models import CLASSIFIER_RECIPE, describe_model, read_checkpoint, read_json, resolve_model_path
 
 EXPECTED = (
-    "an AttributeClassifier checkpoint (.ckpt) or a folder written by its save_pretrained "
-    "(config.json and model.safetensors)"
+    "an AttributeClassifier checkpoint (.ckpt), a folder written by its save_pretrained "
+    f"(config.json and model.safetensors), a zero-shot spec ({'/'.join(SPEC_SUFFIXES)}) or a CLIP folder with "
+    f"its {SPEC_FILE}"
 )
+Classifier = AttributeClassifier | ZeroShotClassifier
 
 
-def load_classifier(reference: str, option: str = "classifier") -> AttributeClassifier:
-    """Loads a frozen :class:`AttributeClassifier` in eval mode.
+def load_classifier(reference: str, option: str = "classifier") -> Classifier:
+    """Loads a frozen attribute classifier in eval mode: a trained one, or a zero-shot one over a CLIP folder.
 
     Args:
-        reference: a Lightning checkpoint (``.ckpt``), a folder written by ``save_pretrained``, or the name
-            of a classifier shipped with the package.
+        reference: a Lightning checkpoint (``.ckpt``), a folder written by ``save_pretrained``, a zero-shot spec file
+            (YAML or JSON: ``clip`` folder, class prompts per attribute, see :class:`ZeroShotClassifier`), a CLIP
+            folder holding its ``zero_shot.json``, or the name of a classifier shipped with the package.
         option: the option that named it, for error messages.
 
     Raises:
@@ -29,7 +33,16 @@ def load_classifier(reference: str, option: str = "classifier") -> AttributeClas
     path = resolve_model_path(reference, "attribute classifier", CLASSIFIER_RECIPE)
     # A fresh context: inside the command line's instantiation of a method that loads a classifier, Lightning
     # would otherwise hand the method's own hyperparameters to the classifier's save_hyperparameters.
-    if path.is_dir():
+    if path.is_file() and path.suffix in SPEC_SUFFIXES:
+        classifier = ZeroShotClassifier.from_spec(path)
+    elif path.is_dir() and (path / SPEC_FILE).is_file():
+        classifier = ZeroShotClassifier.from_spec(path / SPEC_FILE)
+    elif path.is_dir() and (read_json(path / "config.json") or {}).get("model_type") == "clip":
+        raise ValueError(
+            f"Option '{option}': '{path}' is a CLIP folder without class prompts: write them into {SPEC_FILE} there, "
+            "or give a spec file (clip: <folder>, attributes: {Male: gender})"
+        )
+    elif path.is_dir():
         if not _is_pretrained_folder(path):
             raise ValueError(f"Option '{option}': '{path}' is {describe_model(path)}; expected {EXPECTED}")
         classifier = contextvars.Context().run(AttributeClassifier.from_pretrained, path)

@@ -92,3 +92,19 @@ class CaptionWriter:
             )
         rows = attributes.tolist()
         return [self.caption(row, generator) for row, generator in zip(rows, generators, strict=True)]
+
+
+def zero_shot_classes(attributes: list[str]) -> dict[str, dict[str, list[str]]]:
+    """Class phrases, for a zero-shot classifier over captions like these, of those of ``attributes`` a caption names.
+
+    ``Male`` is ``woman``/``man``; a hair colour is told from the other hair colours, any other phrase from
+    ``person`` without it. The phrases go into the template ``"a photo of a {}"``.
+    """
+    classes: dict[str, dict[str, list[str]]] = {}
+    if GENDER_ATTRIBUTE in attributes:
+        classes[GENDER_ATTRIBUTE] = {word: [word] for word in GENDER_WORDS}
+    hair = [name for name in PHRASES if name.endswith("_Hair")]
+    for name in (name for name in PHRASES if name in attributes):
+        others = [f"{NEUTRAL_WORD} {PHRASES[other]}" for other in hair if other != name] if name in hair else []
+        classes[name] = {"no": others or [NEUTRAL_WORD], "yes": [f"{NEUTRAL_WORD} {PHRASES[name]}"]}
+    return classes

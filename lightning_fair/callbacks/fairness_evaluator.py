@@ -9,11 +9,13 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_fair.classifiers import load_classifier
 from lightning_fair.data.base import AttributeDataModule
+from lightning_fair.data.prompt_sets import PromptSet, prompt_of
 from lightning_fair.metrics import FairnessResult, FairnessSuite, validate_distribution
+from lightning_fair.metrics.prompts import across_prompts
 from lightning_fair.metrics.quality import reference_features
 from lightning_fair.utils.files import write_text_atomically
 from lightning_fair.utils.run_folder import run_folder
@@ -45,7 +47,15 @@ class FairnessEvaluator(Callback):
     - ``fid_cls`` and ``kid_cls`` (with ``kid_cls_std``): FID/KID in the classifier's feature space against
       the whole ``reference`` split (features cached in ``cache_dir``, keyed on the image files, the transform
       and the classifier), over the samples in index order (see ``FeatureDistance``). Named after their
-      features: they are not Inception FID.
+      features: they are not Inception FID. With a zero-shot CLIP classifier they are ``fid_clip``/``kid_clip``,
+      and ``clip_score`` (mean CLIP score of each image against its neutral prompt) is added;
+    - ``unknown/<sensitive>``: the share of samples a zero-shot classifier's ``threshold`` leaves unlabelled (left
+      out of every proportion and distance).
+
+    With a prompt set (a method whose ``prompts`` name several neutral prompts), every metric but the quality ones is
+    also computed per prompt, and ``metrics.json`` holds ``per_prompt`` (each prompt, its metadata and metrics) and
+    ``across_prompts`` (each metric's mean, standard deviation and worst prompt); the means are logged as
+    ``test/across_prompts/<name>``. A target distribution applies to every prompt.
 
     The target distributions come from the method: what it declares it aims for
     (:meth:`DebiasingMethod.evaluation_targets`) sets ``target_distribution`` of ``sensitive`` and ``extra_targets``
@@ -99,6 +109,9 @@ class FairnessEvaluator(Callback):
         self.cache_dir = cache_dir
         self.suite: FairnessSuite | None = None
         self.result: FairnessResult | None = None
+        self.prompt_set: PromptSet | None = None
+        self.prompt_suites = nn.ModuleList()
+        self.prompt_results: list[FairnessResult] = []
         self._reference: Tensor | None = None
 
     def targets_for(self, pl_module: LightningModule) -> tuple[list[float] | None, dict[str, list[float]]]:
@@ -134,15 +147,12 @@ class FairnessEvaluator(Callback):
             features = self._reference_features() if trainer.is_global_zero else None
             self._reference = trainer.strategy.broadcast(features, src=0)
         target_distribution, extra_targets = self.targets_for(pl_module)
-        self.suite = FairnessSuite(
-            self.classifier,
-            self.sensitive,
-            self.target,
-            target_distribution,
-            extra_targets,
-            self._reference,
-            self.kid_subset_size,
-        ).to(pl_module.device)
+        options = (self.classifier, self.sensitive, self.target, target_distribution, extra_targets)
+        self.suite = FairnessSuite(*options, self._reference, self.kid_subset_size).to(pl_module.device)
+        self.prompt_set = getattr(pl_module, "prompt_set", None)
+        many = self.prompt_set is not None and len(self.prompt_set) > 1
+        suites = [FairnessSuite(*options) for _ in self.prompt_set.prompts] if many else []
+        self.prompt_suites = nn.ModuleList(suites).to(pl_module.device)
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Loads the classifier on the device and the reference features, and builds the suite."""
@@ -161,8 +171,8 @@ class FairnessEvaluator(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Updates the suite with the batch's images, their sample indices and the conditions they were given."""
-        self.suite.update(outputs["images"], outputs.get("conditions"), outputs["index"])
+        """Updates the suites with the batch's images, their sample indices and the conditions they were given."""
+        self._update(outputs)
 
     def on_predict_batch_end(
         self,
@@ -173,19 +183,44 @@ class FairnessEvaluator(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Updates the suite with the batch's images, their sample indices and the conditions they were given."""
-        self.suite.update(outputs["images"], outputs.get("conditions"), outputs["index"])
+        """Updates the suites with the batch's images, their sample indices and the conditions they were given."""
+        self._update(outputs)
+
+    def _update(self, outputs: dict[str, Any]) -> None:
+        """Feeds a batch to the suite of all samples and to the suite of each prompt it holds."""
+        images, conditions, indices = outputs["images"], outputs.get("conditions") or {}, outputs["index"]
+        prompts = prompt_of(indices.cpu())
+        texts = None if self.prompt_set is None else [self.prompt_set.prompts[p] for p in prompts.tolist()]
+        self.suite.update(images, conditions, indices, texts)
+        for prompt in prompts.unique().tolist() if self.prompt_suites else []:
+            rows = (prompts == prompt).nonzero().flatten()
+            self.prompt_suites[prompt].update(
+                images[rows.to(images.device)],
+                {name: values[rows.to(values.device)] for name, values in conditions.items()},
+                indices[rows.to(indices.device)],
+                [texts[row] for row in rows.tolist()],
+            )
 
     def _finish(self, trainer: Trainer, pl_module: LightningModule, log: bool) -> None:
         self.result = self.suite.compute()
+        self.prompt_results = [suite.compute() for suite in self.prompt_suites]  # every process, in order
         metrics = self.result.metrics()
+        summary = across_prompts(self.prompt_results, list(self.prompt_set.prompts)) if self.prompt_results else {}
         if log:
-            for name, value in metrics.items():
+            logged = metrics | {f"across_prompts/{name}": entry["mean"] for name, entry in summary.items()}
+            for name, value in logged.items():
                 if value is not None:  # the same names on every process: the results are synchronised
                     pl_module.log(f"test/{name}", float(value), sync_dist=True)  # equal on all ranks already
         folder = run_folder(trainer)
         if trainer.is_global_zero:
-            write_metrics(self.result, folder, type(pl_module).__name__, self.classifier_reference)
+            write_metrics(
+                self.result,
+                folder,
+                type(pl_module).__name__,
+                self.classifier_reference,
+                self.prompt_set if self.prompt_results else None,
+                self.prompt_results,
+            )
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Computes, logs and writes the metrics."""
@@ -196,8 +231,19 @@ class FairnessEvaluator(Callback):
         self._finish(trainer, pl_module, log=False)
 
 
-def write_metrics(result: FairnessResult, folder: Path, method: str, classifier: str) -> None:
-    """Writes ``metrics.json`` and a Markdown table ``metrics.md`` into ``folder`` (undefined metrics: null)."""
+def write_metrics(
+    result: FairnessResult,
+    folder: Path,
+    method: str,
+    classifier: str,
+    prompt_set: PromptSet | None = None,
+    prompt_results: list[FairnessResult] | None = None,
+) -> None:
+    """Writes ``metrics.json`` and a Markdown table ``metrics.md`` into ``folder`` (undefined metrics: null).
+
+    With a prompt set and one result per prompt, ``metrics.json`` adds ``per_prompt`` and ``across_prompts`` and
+    ``metrics.md`` a table of each prompt's FD and proportions of ``sensitive``.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     metrics = result.metrics()
     record = {
@@ -210,12 +256,38 @@ def write_metrics(result: FairnessResult, folder: Path, method: str, classifier:
         "metrics": metrics,
     }
     lines = [f"# {method}: fairness of {result.num_samples} generated images", "", "| metric | value |", "|---|---|"]
-    lines += [
-        f"| {name} | {'null' if value is None else f'{value:.4f}' if isinstance(value, float) else value} |"
-        for name, value in metrics.items()
-    ]
+    lines += [f"| {name} | {_cell(value)} |" for name, value in metrics.items()]
+    if prompt_set is not None and prompt_results:
+        record["per_prompt"] = [
+            {"prompt": prompt, "metadata": metadata, "metrics": prompt_result.metrics()}
+            for prompt, metadata, prompt_result in zip(
+                prompt_set.prompts, prompt_set.metadata, prompt_results, strict=True
+            )
+        ]
+        record["across_prompts"] = across_prompts(prompt_results, list(prompt_set.prompts))
+        lines += ["", f"## Per prompt ({len(prompt_results)} prompts)", ""]
+        lines += _prompt_table(prompt_set, prompt_results, record["across_prompts"])
     for name, text in (
         ("metrics.json", json.dumps(record, indent=2, allow_nan=False) + "\n"),
         ("metrics.md", "\n".join(lines) + "\n"),
     ):
         write_text_atomically(folder / name, text)
+
+
+def _cell(value: Any) -> str:
+    return "null" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _prompt_table(prompt_set: PromptSet, results: list[FairnessResult], summary: dict[str, Any]) -> list[str]:
+    """Each prompt's samples, FD and predicted shares of ``sensitive``, then the mean and standard deviation."""
+    sensitive = results[0].sensitive
+    shares = [name for name in results[0].metrics() if name.startswith(f"proportion/{sensitive}=")]
+    columns = ["fd", *shares, *(["clip_score"] if "clip_score" in summary else [])]
+    lines = [f"| prompt | samples | {' | '.join(columns)} |", f"|---|---|{'---|' * len(columns)}"]
+    for prompt, result in zip(prompt_set.prompts, results, strict=True):
+        values = result.metrics()
+        lines.append(f"| {prompt} | {result.num_samples} | {' | '.join(_cell(values.get(c)) for c in columns)} |")
+    for statistic in ("mean", "std"):
+        cells = " | ".join(_cell(summary.get(column, {}).get(statistic)) for column in columns)
+        lines.append(f"| **{statistic}** | | {cells} |")
+    return lines

@@ -21,10 +21,14 @@ from lightning_fair.data.generated import (
     write_record,
     write_table,
 )
+from lightning_fair.data.prompt_sets import prompt_of
 
 
 class GenerationWriter(Callback):
     """Writes each generated sample as one record ``<output_dir>/images/<index>.png``, and ``generations.csv``.
+
+    With a prompt set, each prompt has its folder, ``images/prompt_<p>/<i>.png`` for sample ``i`` of prompt ``p``, and
+    each record (and row of ``generations.csv``) holds its prompt.
 
     A record is the PNG with the sample's index, conditions and predicted attributes in its metadata, written to a
     temporary name and renamed: an interrupted run leaves only complete records (see
@@ -71,11 +75,13 @@ class GenerationWriter(Callback):
 
     def _write_batch(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
         indices = outputs["index"].tolist()
+        prompt_set = getattr(pl_module, "prompt_set", None)
+        per_prompt = prompt_set is not None and len(prompt_set) > 1
         # Generated samples are (re)written; read-back ones only if they come from another folder.
         positions = [
             position
             for position, index in enumerate(indices)
-            if not outputs.get("read_back", False) or not record_path(self.output_dir, index).exists()
+            if not outputs.get("read_back", False) or not record_path(self.output_dir, index, per_prompt).exists()
         ]
         if not positions:
             return
@@ -88,6 +94,7 @@ class GenerationWriter(Callback):
             predicted = {
                 name: predictions[:, column].tolist() for column, name in enumerate(self.classifier.attributes)
             }
+        prompts = prompt_of(torch.tensor([indices[position] for position in positions])).tolist()
         for row, position in enumerate(positions):
             write_record(
                 self.output_dir,
@@ -95,6 +102,8 @@ class GenerationWriter(Callback):
                 pixels[row],
                 {name: values[row] for name, values in conditions.items()},
                 {name: values[row] for name, values in predicted.items()},
+                None if prompt_set is None else prompt_set.prompts[prompts[row]],
+                per_prompt,
             )
 
     on_test_batch_end = on_predict_batch_end = _write_batch

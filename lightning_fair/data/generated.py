@@ -5,6 +5,8 @@ Layout::
     manifest.json           the settings the records were generated with, written before the first record
     images/000000.png ...   one record per sample: the 8-bit image and, in a PNG text chunk, its index, the
                             conditions it was generated with and the predicted attributes
+    images/prompt_001/...   the same, a folder per prompt, when a run samples a prompt set (sample i of prompt p is
+                            images/prompt_<p>/<i>.png, its index p * PROMPT_STRIDE + i)
     generations.csv         a table of every record, rebuilt from the records at the end of a run
 
 A record is a single file, written under a temporary name and renamed once complete: whenever a process is killed,
@@ -30,28 +32,38 @@ from lightning.pytorch import LightningModule
 from PIL import Image, PngImagePlugin
 from torch import Tensor
 
+from lightning_fair.data.prompt_sets import PROMPT_STRIDE
 from lightning_fair.utils.files import replace_atomically, write_text_atomically
 
 IMAGE_FOLDER = "images"
 MANIFEST = "manifest.json"
 TABLE = "generations.csv"
 RECORD_KEY = "lightning_fair"
+PROMPT_FOLDER = "prompt_{:03d}"
 
 
-def image_name(index: int) -> str:
-    """File name of the record of sample ``index``."""
-    return f"{index:06d}.png"
+def record_path(folder: str | Path, index: int, per_prompt: bool = False) -> Path:
+    """Path of the record of sample ``index``: ``images/<i>.png``, or ``images/prompt_<p>/<i>.png`` ``per_prompt``."""
+    prompt, number = divmod(index, PROMPT_STRIDE)
+    images = Path(folder) / IMAGE_FOLDER
+    return (images / PROMPT_FOLDER.format(prompt) if per_prompt else images) / f"{number:06d}.png"
 
 
-def record_path(folder: str | Path, index: int) -> Path:
-    """Path of the record of sample ``index`` in ``folder``."""
-    return Path(folder) / IMAGE_FOLDER / image_name(index)
+def stored_records(folder: str | Path) -> dict[int, Path]:
+    """The record of each sample stored in ``folder``, by sample index (both layouts)."""
+    images = Path(folder) / IMAGE_FOLDER
+    records = {int(path.stem): path for path in images.glob("*.png") if path.stem.isdigit()}
+    for prompt_folder in images.glob("prompt_*"):
+        prompt = prompt_folder.name.removeprefix("prompt_")
+        if prompt.isdigit():
+            start = int(prompt) * PROMPT_STRIDE
+            records |= {start + int(path.stem): path for path in prompt_folder.glob("*.png") if path.stem.isdigit()}
+    return records
 
 
 def stored_indices(folder: str | Path) -> set[int]:
     """Indices of the samples whose record is in ``folder``."""
-    images = Path(folder) / IMAGE_FOLDER
-    return {int(path.stem) for path in images.glob("*.png") if path.stem.isdigit()} if images.is_dir() else set()
+    return set(stored_records(folder))
 
 
 def to_pixels(images: Tensor) -> Tensor:
@@ -70,13 +82,24 @@ def as_stored(images: Tensor) -> Tensor:
 
 
 def write_record(
-    folder: str | Path, index: int, pixels: Tensor, conditions: dict[str, Any], predicted: dict[str, Any]
+    folder: str | Path,
+    index: int,
+    pixels: Tensor,
+    conditions: dict[str, Any],
+    predicted: dict[str, Any],
+    prompt: str | None = None,
+    per_prompt: bool = False,
 ) -> None:
-    """Writes the record of sample ``index``: its 8-bit image ``(C, H, W)`` with its conditions and predictions."""
+    """Writes the record of sample ``index``: its 8-bit image ``(C, H, W)`` with its conditions and predictions.
+
+    With a ``prompt`` (the neutral prompt it was sampled for) the record holds it too; ``per_prompt`` puts it in its
+    prompt's folder (see :func:`record_path`).
+    """
     text = PngImagePlugin.PngInfo()
-    text.add_text(RECORD_KEY, json.dumps({"index": index, "conditions": conditions, "predicted": predicted}))
+    record = {"index": index, "conditions": conditions, "predicted": predicted}
+    text.add_text(RECORD_KEY, json.dumps(record | ({} if prompt is None else {"prompt": prompt})))
     array = pixels.permute(1, 2, 0).squeeze(-1).numpy()
-    path = record_path(folder, index)
+    path = record_path(folder, index, per_prompt)
     path.parent.mkdir(parents=True, exist_ok=True)
     replace_atomically(path, lambda temporary: Image.fromarray(array).save(temporary, "PNG", pnginfo=text))
 
@@ -94,19 +117,19 @@ def _read(path: Path, pixels: bool) -> tuple[np.ndarray | None, dict[str, Any]]:
     return array, json.loads(text)
 
 
-def read_record(folder: str | Path, index: int) -> tuple[Tensor, dict[str, Any]]:
+def read_record(folder: str | Path, index: int, per_prompt: bool = False) -> tuple[Tensor, dict[str, Any]]:
     """The 8-bit image ``(C, H, W)`` of sample ``index`` and its conditions (as written by :func:`write_record`)."""
-    array, record = _read(record_path(folder, index), pixels=True)
+    array, record = _read(record_path(folder, index, per_prompt), pixels=True)
     pixels = torch.from_numpy(array)
     return (pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1)), record["conditions"]
 
 
 def write_table(folder: str | Path) -> None:
-    """Rewrites ``generations.csv``: one row per record (index, conditions, predictions), sorted by index."""
+    """Rewrites ``generations.csv``: one row per record (index, prompt, conditions, predictions), by index."""
     rows = []
-    for index in sorted(stored_indices(folder)):
-        _, record = _read(record_path(folder, index), pixels=False)
-        row = {"index": record["index"]}
+    for _, path in sorted(stored_records(folder).items()):
+        _, record = _read(path, pixels=False)
+        row = {"index": record["index"]} | ({"prompt": record["prompt"]} if "prompt" in record else {})
         row |= {f"condition_{name}": value for name, value in record["conditions"].items()}
         row |= {f"predicted_{name}": value for name, value in record["predicted"].items()}
         rows.append(row)
@@ -139,6 +162,7 @@ def generation_settings(method: LightningModule, num_samples: int | None, batch_
         "weights": fingerprint(method),
         "num_samples": num_samples,
         "batch_size": batch_size,
+        "prompts": list(prompt_set.prompts) if (prompt_set := getattr(method, "prompt_set", None)) else None,
     }
 
 

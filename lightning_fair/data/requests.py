@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_fair.data.generated import check_manifest, from_pixels, generation_settings, read_record, stored_indices
+from lightning_fair.data.prompt_sets import sample_indices
 
 
 class RequestBatches(Dataset):
@@ -20,7 +21,9 @@ class RequestBatches(Dataset):
     With Lightning's distributed sampler (no shuffle), process ``r`` of ``W`` receives items
     ``r, r + W, r + 2W, ...``, i.e. its part of every global batch in order. The dataset length is always a
     multiple of ``W``, so no item is repeated or dropped; a part may be empty when the last global batch
-    has fewer samples than processes.
+    has fewer samples than processes. With several prompts, each prompt's ``num_samples`` samples (global indices
+    ``p * PROMPT_STRIDE + i``, see :mod:`lightning_fair.data.prompt_sets`) form their own global batches: a batch
+    never mixes prompts.
 
     With a ``store`` (a folder of records, see :mod:`lightning_fair.data.generated`), a global batch whose samples
     all have a record there is read back: its items carry the stored ``images`` (in [-1, 1]) and ``conditions``
@@ -36,11 +39,17 @@ class RequestBatches(Dataset):
         world_size: int,
         store: Path | None = None,
         done: frozenset[int] | set[int] = frozenset(),
+        num_prompts: int = 1,
     ) -> None:
         self.world_size = world_size
         self.store = store
+        self.per_prompt = num_prompts > 1  # the store's layout: a folder per prompt
         starts = range(0, num_samples, global_batch_size)
-        self.global_batches = [np.arange(start, min(start + global_batch_size, num_samples)) for start in starts]
+        self.global_batches = [
+            sample_indices(prompt, torch.arange(start, min(start + global_batch_size, num_samples))).numpy()
+            for prompt in range(num_prompts)
+            for start in starts
+        ]
         self.read_back = [store is not None and set(batch.tolist()) <= done for batch in self.global_batches]
         self.num_read_back = sum(
             len(batch) for batch, read in zip(self.global_batches, self.read_back, strict=True) if read
@@ -57,7 +66,7 @@ class RequestBatches(Dataset):
             return {"index": indices}
         if not self.read_back[batch]:
             return {"index": indices, "as_stored": True}
-        records = [read_record(self.store, index) for index in part.tolist()]
+        records = [read_record(self.store, index, self.per_prompt) for index in part.tolist()]
         pixels = torch.stack([pixels for pixels, _ in records]) if records else torch.empty(0, dtype=torch.uint8)
         names = dict.fromkeys(name for _, conditions in records for name in conditions)
         conditions = {name: torch.tensor([record[name] for _, record in records]) for name in names}
@@ -67,8 +76,9 @@ class RequestBatches(Dataset):
 class GenerationRequests(LightningDataModule):
     """Requests for ``num_samples`` generated images, for ``test`` and ``predict``.
 
-    Sample indices ``0..num_samples-1`` are cut into global batches of ``batch_size``; each global batch is
-    split across the processes, so every sample is generated exactly once (no padding, no repetition) and
+    Sample indices ``0..num_samples-1`` are cut into global batches of ``batch_size``, for each of the method's
+    prompts when it has a prompt set (``num_samples`` is then per prompt); each global batch is split across the
+    processes, so every sample is generated exactly once (no padding, no repetition) and
     batch-level methods see the same global batches whatever the number of processes.
 
     A method that trains or calibrates on real images (``fit``/``validate``) gets them from ``train_data``,
@@ -76,7 +86,7 @@ class GenerationRequests(LightningDataModule):
     ``calibration_samples`` generation requests (for a training-free method that calibrates on its own samples).
 
     Args:
-        num_samples: number of images to generate.
+        num_samples: number of images to generate (per prompt, with a prompt set).
         batch_size: global batch size (all processes together).
         skip_existing: a ``GenerationWriter`` output folder to resume: global batches whose samples all have a
             record there are read back instead of generated, so the callbacks (metrics, grid) still see every
@@ -110,17 +120,22 @@ class GenerationRequests(LightningDataModule):
             raise ValueError(
                 f"'batch_size' ({self.batch_size}) must be at least the number of processes ({world_size})"
             )
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        num_prompts = getattr(module, "num_prompts", 1)
         if num_samples is not None:
-            return DataLoader(RequestBatches(num_samples, self.batch_size, world_size), batch_size=None)
+            requests = RequestBatches(num_samples, self.batch_size, world_size, num_prompts=num_prompts)
+            return DataLoader(requests, batch_size=None)
         if self.skip_existing is None:
-            return DataLoader(RequestBatches(self.num_samples, self.batch_size, world_size), batch_size=None)
+            requests = RequestBatches(self.num_samples, self.batch_size, world_size, num_prompts=num_prompts)
+            return DataLoader(requests, batch_size=None)
         store = Path(self.skip_existing)
-        check_manifest(store, generation_settings(self.trainer.lightning_module, self.num_samples, self.batch_size))
+        check_manifest(store, generation_settings(module, self.num_samples, self.batch_size))
         done = self.trainer.strategy.broadcast(stored_indices(store))  # process 0's view, so all decide alike
-        requests = RequestBatches(self.num_samples, self.batch_size, world_size, store, done)
+        requests = RequestBatches(self.num_samples, self.batch_size, world_size, store, done, num_prompts)
+        total = self.num_samples * num_prompts
         rank_zero_info(
-            f"GenerationRequests: {requests.num_read_back} of {self.num_samples} samples are read back from {store}, "
-            f"{self.num_samples - requests.num_read_back} generated"
+            f"GenerationRequests: {requests.num_read_back} of {total} samples are read back from {store}, "
+            f"{total - requests.num_read_back} generated"
         )
         return DataLoader(requests, batch_size=None)
 

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_fair.backbones import Condition
+from lightning_fair.data.prompt_sets import batch_prompt
 from lightning_fair.diffusion import (
     SamplerConfig,
     SamplingState,
@@ -136,8 +137,8 @@ class AttributeSwitching(DebiasingMethod):
         attribute = self.condition_attribute
         return SwitchingState(
             indices=indices,
-            condition=self.class_condition(start),
-            final_condition=self.class_condition(final),
+            condition=self.class_condition(start, batch_prompt(indices)),
+            final_condition=self.class_condition(final, batch_prompt(indices)),
             conditions={attribute: final, f"{attribute}_start": start},
         )
 
@@ -171,8 +172,11 @@ class AttributeSwitching(DebiasingMethod):
         x_start = per_sample_randn(
             sample_generators(self.seed, indices, NOISE_STREAM), self.backbone.sample_shape, self.device
         )
-        null = self.backbone.null_condition(len(indices), self.device) if self.uses_cfg else None
-        chains = [self._class_eps(torch.full((len(indices),), k, dtype=torch.long), null) for k in range(num_classes)]
+        null = self.null_condition(len(indices)) if self.uses_cfg else None
+        prompt = batch_prompt(indices)
+        chains = [
+            self._class_eps(torch.full((len(indices),), k, dtype=torch.long), null, prompt) for k in range(num_classes)
+        ]
         weighted = [[] for _ in range(num_classes)]  # beta_t * eps_k at each step
         betas = self.search.betas.to(self.device)
         for t, predictions in paired_chains(chains, x_start, self.search):
@@ -187,9 +191,9 @@ class AttributeSwitching(DebiasingMethod):
             distances.append((2 * before - total).norm(dim=2))  # A - B = A - (total - A)
         return torch.stack(distances).mean(dim=0)
 
-    def _class_eps(self, labels: Tensor, null: Condition) -> Callable[[Tensor, Tensor], Tensor]:
-        """The noise of one calibration chain, conditioned on class ``labels`` with the sampler's guidance."""
-        condition, config = self.class_condition(labels), self.sampler.config
+    def _class_eps(self, labels: Tensor, null: Condition, prompt: int) -> Callable[[Tensor, Tensor], Tensor]:
+        """The noise of one calibration chain, on class ``labels`` of neutral prompt ``prompt``, with guidance."""
+        condition, config = self.class_condition(labels, prompt), self.sampler.config
         return lambda x, t: guided_eps(self.backbone, x, t, condition, null, config.cfg_scale, config.cfg_formula)
 
     def on_train_epoch_end(self) -> None:

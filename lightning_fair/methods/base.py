@@ -16,6 +16,7 @@ from lightning_fair.backbones import AdapterInputs, Condition, DiffusionBackbone
 from lightning_fair.backbones.base import HEdit
 from lightning_fair.data.base import VIEW_TOLERANCE, AttributeDataModule
 from lightning_fair.data.generated import as_stored
+from lightning_fair.data.prompt_sets import batch_prompt, sample_numbers
 from lightning_fair.diffusion import DiffusionSampler, SamplerConfig, SamplingState, Step
 from lightning_fair.diffusion.class_draws import draw_classes
 from lightning_fair.diffusion.guidance import guided_eps, is_unguided
@@ -77,6 +78,7 @@ class DebiasingMethod(ClassConditions, RunHooks, CheckpointHygiene, LightningMod
                 f"{'class labels' if self.backbone.conditioning == 'class' else 'no condition'}"
             )
         self.prompts = prompts or Prompts()
+        _ = self.prompt_set  # reads and checks the prompt set (a file, templates) before any run
         self.sampler = DiffusionSampler(
             self.backbone.scheduler_config, sampler, clip_sample=not self.backbone.is_latent
         )
@@ -150,6 +152,8 @@ class DebiasingMethod(ClassConditions, RunHooks, CheckpointHygiene, LightningMod
     def draw_classes(self, indices: Tensor, probabilities: Tensor, stream: int = CONDITION_STREAM) -> Tensor:
         """Each sample's class from ``probabilities``, as ``sampler.condition_draw`` says, on the module's device."""
         balanced = self.sampler.config.condition_draw == "balanced"
+        if balanced:  # every prompt's samples balanced on their own
+            indices = sample_numbers(indices)
         return draw_classes(self.seed, indices, probabilities, stream, balanced).to(self.device)
 
     @property
@@ -191,7 +195,7 @@ class DebiasingMethod(ClassConditions, RunHooks, CheckpointHygiene, LightningMod
 
     def init_state(self, indices: Tensor) -> SamplingState:
         """The sampling state of a batch; by default the neutral condition (null label, neutral prompt, none)."""
-        return SamplingState(indices=indices, condition=self.neutral_condition(len(indices)))
+        return SamplingState(indices=indices, condition=self.neutral_condition(len(indices), batch_prompt(indices)))
 
     @abstractmethod
     def guided_eps(self, x: Tensor, step: Step, state: SamplingState) -> Tensor:
@@ -213,7 +217,7 @@ class DebiasingMethod(ClassConditions, RunHooks, CheckpointHygiene, LightningMod
                     f"Sampler option 'cfg_scale' guides a conditional model; '{self.backbone.reference}' is "
                     "unconditional"
                 )
-            state.null_condition = self.backbone.null_condition(len(indices), self.device)
+            state.null_condition = self.null_condition(len(indices))
         x = self.sampler.sample(self.guided_eps, state, self.seed, self.backbone.sample_shape, self.device)
         return self.backbone.decode(x), state
 

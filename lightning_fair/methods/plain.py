@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from lightning_fair.data.prompt_sets import batch_prompt
 from lightning_fair.diffusion import SamplerConfig, SamplingState, Step
 from lightning_fair.methods.base import DebiasingMethod
 from lightning_fair.methods.conditions import Prompts
@@ -63,9 +64,8 @@ class ConditionalSampling(DebiasingMethod):
     def init_state(self, indices: Tensor) -> SamplingState:
         """Draws each sample's class from the target distribution (``sampler.condition_draw``)."""
         labels = self.draw_classes(indices, self.target_distribution)
-        return SamplingState(
-            indices=indices, condition=self.class_condition(labels), conditions={self.condition_attribute: labels}
-        )
+        condition = self.class_condition(labels, batch_prompt(indices))
+        return SamplingState(indices=indices, condition=condition, conditions={self.condition_attribute: labels})
 
     def guided_eps(self, x: Tensor, step: Step, state: SamplingState) -> Tensor:
         """Conditional (optionally classifier-free guided) prediction."""

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torchmetrics import Metric, SumMetric
+from torchmetrics import MeanMetric, Metric, SumMetric
 
-from lightning_fair.classifiers import AttributeClassifier
+from lightning_fair.classifiers import Classifier
 from lightning_fair.metrics.accuracy import GroupedAccuracy
 from lightning_fair.metrics.distribution import validate_distribution
 from lightning_fair.metrics.fairness import (
@@ -55,11 +55,19 @@ class QualityResult:
         fid_cls: Fréchet distance.
         kid_cls: kernel distance (mean over subsets).
         kid_cls_std: its standard deviation over subsets.
+        feature_space: what the features are, in the metrics' names (``cls``: a trained classifier's penultimate
+            features, ``fid_cls``; ``clip``: CLIP image embeddings, ``fid_clip``).
     """
 
     fid_cls: Value
     kid_cls: Value
     kid_cls_std: Value
+    feature_space: str = "cls"
+
+    def metrics(self) -> dict[str, Value]:
+        """``fid_<space>``, ``kid_<space>`` and ``kid_<space>_std``."""
+        space = self.feature_space
+        return {f"fid_{space}": self.fid_cls, f"kid_{space}": self.kid_cls, f"kid_{space}_std": self.kid_cls_std}
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,9 @@ class FairnessResult:
         fd_given_target: FD of ``sensitive`` within each predicted class of ``target``.
         dp_gap: demographic-parity gap of ``target`` (class 1) across predicted ``sensitive`` groups.
         quality: FID and KID in the classifier's feature space against the reference (``None``: no reference).
+        unknown: fraction of samples the classifier left unlabelled for ``sensitive`` (a zero-shot classifier's
+            ``threshold``); they are left out of every proportion and distance of ``sensitive``.
+        clip_score: mean CLIP score of the samples against their prompts (``None``: no CLIP or no prompts).
     """
 
     num_samples: int
@@ -99,6 +110,8 @@ class FairnessResult:
     fd_given_target: list[Value] = field(default_factory=list)
     dp_gap: Value = None
     quality: QualityResult | None = None
+    unknown: Value = 0.0
+    clip_score: Value = None
 
     @property
     def sensitive_proportions(self) -> list[Value]:
@@ -110,6 +123,7 @@ class FairnessResult:
         flat: dict[str, Any] = {"fd": self.fd, "fd_l1": self.fd_l1, "fd_kl": self.fd_kl, "bias_score": self.bias_score}
         flat.update({f"fd/{name}": value for name, value in self.fd_by_attribute.items()})
         flat[f"confident/{self.sensitive}"] = self.confident
+        flat[f"unknown/{self.sensitive}"] = self.unknown
         for attribute, proportions in self.proportions.items():
             flat.update({f"proportion/{attribute}={k}": value for k, value in enumerate(proportions)})
             condition = self.conditions.get(attribute)
@@ -122,7 +136,9 @@ class FairnessResult:
             flat.update({f"fd_given_{self.target}={k}": value for k, value in enumerate(self.fd_given_target)})
             flat["dp_gap"] = self.dp_gap
         if self.quality is not None:
-            flat.update(vars(self.quality))
+            flat.update(self.quality.metrics())
+        if self.clip_score is not None:
+            flat["clip_score"] = self.clip_score
         return {**flat, "num_samples": self.num_samples}
 
 
@@ -145,7 +161,7 @@ class FairnessSuite(nn.Module):
 
     def __init__(
         self,
-        classifier: AttributeClassifier,
+        classifier: Classifier,
         sensitive: str,
         target: str | None = None,
         target_distribution: list[float] | None = None,
@@ -176,6 +192,8 @@ class FairnessSuite(nn.Module):
             "fd_kl": FairnessDiscrepancy(num_sensitive, self.target_distribution, "kl"),
             "bias_score": PairwiseBiasScore(num_sensitive),
             "confident": AttributeProportions(2),  # class 1: confident
+            "unknown": AttributeProportions(2),  # class 1: left unlabelled
+            "clip_score": MeanMetric(nan_strategy="disable"),
             "num_samples": SumMetric(),
         }
         for column, classes in enumerate(self.num_classes):
@@ -204,7 +222,11 @@ class FairnessSuite(nn.Module):
             metric.reset()
 
     def update(
-        self, images: Tensor, conditions: dict[str, Tensor] | None = None, indices: Tensor | None = None
+        self,
+        images: Tensor,
+        conditions: dict[str, Tensor] | None = None,
+        indices: Tensor | None = None,
+        prompts: list[str] | None = None,
     ) -> None:
         """Labels a batch of generated images in [-1, 1] and updates every metric.
 
@@ -214,35 +236,46 @@ class FairnessSuite(nn.Module):
                 attribute of the classifier are compared with its predictions.
             indices: the global sample index of each image, which orders the samples of ``fid_cls``/``kid_cls``
                 whatever the split across processes (default: the order of the updates, single process only).
+            prompts: the prompt of each image, for CLIP score (when the classifier gives one).
         """
         if len(images) == 0:
             return
         with torch.no_grad():
             probabilities = list(self.classifier.predict_proba(images).values())
             features = self.classifier.features(images) if "quality" in self.metrics else None
+            scores = None
+            if prompts is not None and hasattr(self.classifier, "clip_score"):
+                scores = self.classifier.clip_score(images, prompts)
         predictions = [p.argmax(dim=1) for p in probabilities]
+        labelled = [~self.classifier.abstains(p) for p in probabilities]
+        known = labelled[self.sensitive_column]
         sensitive = predictions[self.sensitive_column]
         for name in ("fd", "fd_l1", "fd_kl", "bias_score"):
-            self.metrics[name].update(sensitive)
+            self.metrics[name].update(sensitive[known])
         confident = probabilities[self.sensitive_column].amax(dim=1) >= CONFIDENCE
         self.metrics["confident"].update(confident.long())
+        self.metrics["unknown"].update((~known).long())
+        self.metrics["clip_score"].update(images.new_zeros(0) if scores is None else scores)
         self.metrics["num_samples"].update(len(images))
         for column, prediction in enumerate(predictions):
-            self.metrics[f"proportion_{column}"].update(prediction)
+            self.metrics[f"proportion_{column}"].update(prediction[labelled[column]])
             requested = (conditions or {}).get(self.attributes[column])
             if requested is None:  # an empty update: every process makes the same collective calls
                 prediction, requested, conditioned = prediction[:0], prediction[:0], sensitive[:0]
+                groups = requested
             else:
-                requested, conditioned = requested.to(prediction.device).long(), sensitive
+                requested, conditioned = requested.to(prediction.device).long(), sensitive[known]
+                groups = requested[known]
             self.metrics[f"agreement_{column}"].update(prediction, requested, torch.zeros_like(requested))
             self.metrics[f"agreement_by_class_{column}"].update(prediction, requested, requested)
-            self.metrics[f"bias_by_condition_{column}"].update(conditioned, groups=requested)
+            self.metrics[f"bias_by_condition_{column}"].update(conditioned, groups=groups)
             if f"fd_extra_{column}" in self.metrics:
-                self.metrics[f"fd_extra_{column}"].update(predictions[column])
+                self.metrics[f"fd_extra_{column}"].update(predictions[column][labelled[column]])
         if self.target_column is not None:
+            both = known & labelled[self.target_column]
             target = predictions[self.target_column]
-            self.metrics["fd_given_target"].update(sensitive, groups=target)
-            self.metrics["dp_gap"].update(target, groups=sensitive)
+            self.metrics["fd_given_target"].update(sensitive[both], groups=target[both])
+            self.metrics["dp_gap"].update(target[both], groups=sensitive[both])
         if features is not None:
             self.metrics["quality"].update(features, indices)
 
@@ -293,6 +326,10 @@ class _Computation:
         result["fd_by_attribute"] = {name: self.value(f"fd/{name}", fd.compute().item()) for name, fd in extra.items()}
         confident = metrics["confident"].compute()[1].item()
         result["confident"] = self.value(f"confident/{suite.sensitive}", confident)
+        result["unknown"] = self.value(f"unknown/{suite.sensitive}", metrics["unknown"].compute()[1].item())
+        # NaN when no prompt was scored (a classifier without CLIP, or images without prompts): not reported.
+        clip_score = metrics["clip_score"].compute().item()
+        result["clip_score"] = clip_score if math.isfinite(clip_score) else None
         result["proportions"] = {
             attribute: self.values(f"proportion/{attribute}", proportions, NO_SAMPLES)
             for attribute, proportions in raw_proportions.items()
@@ -327,11 +364,13 @@ class _Computation:
                 else f"it needs at least 2 generated samples, got {self.num_samples}"
             )
             distances = quality.compute()
+            space = suite.classifier.feature_space
             result["quality"] = QualityResult(
                 *(
-                    self.value(name, distances[key].item(), reason)
-                    for name, key in (("fid_cls", "fid"), ("kid_cls", "kid"), ("kid_cls_std", "kid_std"))
-                )
+                    self.value(name.format(space), distances[key].item(), reason)
+                    for name, key in (("fid_{}", "fid"), ("kid_{}", "kid"), ("kid_{}_std", "kid_std"))
+                ),
+                feature_space=space,
             )
         for explanation, names in self.unreported.items():
             verb = "is" if len(names) == 1 else "are"

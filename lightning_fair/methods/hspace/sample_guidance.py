@@ -7,6 +7,7 @@ import functools
 import torch
 from torch import Tensor
 
+from lightning_fair.data.prompt_sets import batch_prompt
 from lightning_fair.diffusion import SamplingState, sample_generators
 from lightning_fair.diffusion.seeding import CONDITION_STREAM, per_sample_choice
 from lightning_fair.methods.hspace.guidance import HSpaceGuidance
@@ -38,7 +39,11 @@ class HSpaceSampleGuidance(HSpaceGuidance):
             conditions = {
                 name: per_sample_choice(generators, target).to(self.device) for name, target in self.targets.items()
             }
-        return SamplingState(indices=indices, condition=self.neutral_condition(len(indices)), conditions=conditions)
+        return SamplingState(
+            indices=indices,
+            condition=self.neutral_condition(len(indices), batch_prompt(indices)),
+            conditions=conditions,
+        )
 
     def guidance_losses(self, h: Tensor, t: Tensor, state: SamplingState) -> dict[str, Tensor]:
         """Minus the probability of each sample's assigned class, summed over samples, per attribute."""

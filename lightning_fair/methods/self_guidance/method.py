@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from lightning_fair.backbones import AdapterInputs
 from lightning_fair.classifiers import load_classifier
 from lightning_fair.data.keyed_rows import KeyedRows
+from lightning_fair.data.prompt_sets import batch_prompt
 from lightning_fair.diffusion import SamplerConfig, SamplingState, Step
 from lightning_fair.diffusion.seeding import (
     per_sample_randn,
@@ -292,7 +293,7 @@ class SelfGuidance(SelfAnnotation, TargetClusterWeights, DebiasingMethod):
     def init_state(self, indices: Tensor) -> SamplingState:
         """Draws each sample's cluster; the guidance's null branch keeps the neutral condition without it."""
         clusters = self.draw_classes(indices, self.draw_weights())
-        condition = self.neutral_condition(len(indices))
+        condition = self.neutral_condition(len(indices), batch_prompt(indices))
         state = SamplingState(
             indices=indices,
             condition=condition,

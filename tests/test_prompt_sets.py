@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,7 +80,7 @@ def test_sample_i_of_prompt_p_depends_only_on_seed_p_and_i(tiny_sd: Path) -> Non
     prompts = Prompts(neutral=["a photo of a nurse", "a photo of a pilot"], classes=["{prompt}, a woman", "{prompt}"])
     method = ConditionalSampling(str(tiny_sd), sampler={"num_inference_steps": 2}, prompts=prompts)
     few, _ = method.sample(sample_indices(1, torch.arange(2)))
-    more, state = method.sample(sample_indices(1, torch.arange(4)))
+    more, _ = method.sample(sample_indices(1, torch.arange(4)))
     torch.testing.assert_close(few, more[:2])
     first_prompt, _ = method.sample(sample_indices(0, torch.arange(2)))
     assert not torch.allclose(first_prompt, few)
@@ -156,3 +158,44 @@ def test_a_test_run_reports_every_metric_per_prompt_and_writes_a_folder_per_prom
     with (output / "generations.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [row["prompt"] for row in rows] == ["a photo of a nurse"] * 3 + ["a photo of a pilot"] * 3
+
+
+def test_one_and_two_processes_give_the_same_per_prompt_metrics(
+    tiny_setup: Callable[..., Path], tiny_sd: Path, tmp_path: Path
+) -> None:
+    """Exact per-prompt counts: a 2-process gloo run and a 1-process run give the same per-prompt metrics."""
+    prompts = {"neutral": ["a photo of a nurse", "a photo of a pilot", "a photo of a cook"]}
+    setup = tiny_setup(backbone=tiny_sd, prompts=prompts)
+    method = tmp_path / "method.yaml"
+    method.write_text(
+        yaml.safe_dump(
+            {
+                "name": "plain",
+                "model": {
+                    "class_path": "PlainSampling",
+                    "init_args": {
+                        "backbone": "${backbone}",
+                        "prompts": "${prompts}",
+                        "sampler": {"num_inference_steps": 2},
+                    },
+                },
+                "data": {"init_args": {"num_samples": 3, "batch_size": 2}},
+                "trainer": {"enable_progress_bar": False},
+            }
+        )
+    )
+    records = {}
+    for devices in (1, 2):
+        strategy = ["--trainer.strategy=ddp"] if devices == 2 else []
+        name = f"--name=plain_{devices}"
+        run = [sys.executable, "-m", "lightning_fair", "test", "-c", str(setup), "-c", str(method), name]
+        result = subprocess.run([*run, f"--trainer.devices={devices}", *strategy], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        records[devices] = json.loads(next((tmp_path / "runs" / f"plain_{devices}").rglob("metrics.json")).read_text())
+    one, two = records[1], records[2]
+    assert [entry["metrics"]["num_samples"] for entry in two["per_prompt"]] == [3, 3, 3]
+    for entry_one, entry_two in zip(one["per_prompt"], two["per_prompt"], strict=True):
+        for name, value in entry_one["metrics"].items():
+            if name.startswith(("proportion/", "fd", "unknown/", "num_samples", "bias_score", "dp_gap")):
+                assert entry_two["metrics"][name] == (None if value is None else pytest.approx(value, abs=1e-9)), name
+    assert two["across_prompts"]["fd"] == pytest.approx(one["across_prompts"]["fd"])

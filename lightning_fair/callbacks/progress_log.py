@@ -66,7 +66,7 @@ class ProgressLog(ProgressBar):
             return
         self.reported = now
         elapsed = now - self.started
-        if math.isfinite(total) and total > 0:
+        if math.isfinite(total) and total >= done:  # a total Lightning under-counts (e.g. cut by max_steps): none
             left = elapsed / done * (total - done)
             position = f"batch {done}/{int(total)} ({done / total:.0%}), {_duration(elapsed)} elapsed, "
             position += f"{_duration(left)} left"

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from lightning_fair.checks import BackboneVerdict
+from lightning_fair.report.tables import quality
 
 CHANCE_GAIN = 0.1  # agreement within this share of the way from chance to 1 is at chance
 MIN_CONFIDENT = 0.5  # least share of plain samples the classifier labels with probability >= 0.9
-CORE_METRICS = ("fd", "fid_cls")
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ def report_checks(rows: list[dict[str, Any]], backbone: BackboneVerdict | None) 
             at_chance = (row["agreement"] - chance) / (1 - chance) < CHANCE_GAIN
             detail = f"{method}: agreement {row['agreement']:.3f} with its requested classes (chance {chance:.2f})"
             checks.append(ReportCheck("agreement", not at_chance, detail, (method,)))
-        undefined = [name for name in CORE_METRICS if row.get(name) is None]
+        values = {"fd": row.get("fd"), f"fid_{row.get('feature_space', 'cls')}": quality(row, "fid")}
+        undefined = [name for name, value in values.items() if value is None]
         if undefined:
             checks.append(ReportCheck("metrics", False, f"{method}: {', '.join(undefined)} undefined", (method,)))
     return checks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from lightning_fair.callbacks import FairnessEvaluator
 from lightning_fair.cli import add_shared_arguments
 from lightning_fair.methods import method_registry
+from lightning_fair.methods.conditions import Prompts
 from lightning_fair.report.backbone import cached_backbone_check
 from lightning_fair.report.checks import report_checks
 from lightning_fair.report.document import write_report
@@ -50,6 +52,9 @@ def report_parser() -> ArgumentParser:
         "--checkpoints", type=dict[str, str], default={}, help="label: checkpoint or fit folder to test"
     )
     add_shared_arguments(parser, "every method (default: the setup's)")
+    parser.add_argument(
+        "--prompts", type=Prompts | None, default=None, help="the prompts of every method (default: the setup's)"
+    )
     parser.add_argument(
         "--comparison_samples", type=int, default=8, help="samples per method in the side-by-side picture (0: none)"
     )
@@ -119,7 +124,8 @@ def run_report(args: list[str]) -> list[dict[str, Any]]:
         raise ValueError(f"Option 'comparison_samples' must be at least 0, got {options.comparison_samples}")
     runs = planned_runs(options)
     dataset = None if options.dataset is None else options.dataset.as_dict()
-    shared = SharedParts(options.backbone, options.classifier, dataset)
+    prompts = None if options.prompts is None else asdict(Prompts(**vars(options.prompts)))
+    shared = SharedParts(options.backbone, options.classifier, dataset, prompts)
     group = Path(options.setup).stem
     log_dir = options.log_dir or str(Path(options.output, "runs"))
     rows, evaluators = [], []

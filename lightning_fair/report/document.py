@@ -12,9 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from lightning_fair.report.checks import ReportCheck, checks_section
-from lightning_fair.report.pictures import fairness_quality, proportion_bars, side_by_side, timestep_curves
+from lightning_fair.report.pictures import (
+    fairness_quality,
+    prompt_shares,
+    proportion_bars,
+    side_by_side,
+    timestep_curves,
+)
 from lightning_fair.report.runs import Protocol
-from lightning_fair.report.tables import cost_table, fairness_table
+from lightning_fair.report.tables import cost_table, fairness_table, prompt_table
 from lightning_fair.utils.files import write_text_atomically
 
 PACKAGES = ("lightning-fair", "torch", "lightning", "diffusers", "torchmetrics")
@@ -97,14 +103,20 @@ def write_report(
     proportion_bars(rows, folder / "proportions.png")
     fairness_quality(rows, folder / "fairness_quality.png")
     summaries = [folder / "proportions.png", folder / "fairness_quality.png"]
+    per_prompt = prompt_table(rows)
+    if per_prompt is not None:
+        prompt_shares(rows, folder / "prompt_shares.png")
+        summaries.append(folder / "prompt_shares.png")
     strips = {strip_label(row): Path(row["comparison"]) for row in rows if row.get("comparison")}
     if strips:
         side_by_side(strips, folder / SIDE_BY_SIDE)
     per_method = collect_files(rows, folder)
-    tables = [fairness_table(rows), cost_table(rows)]
+    tables = [fairness_table(rows), cost_table(rows), *([per_prompt] if per_prompt is not None else [])]
     settings = {"setting": setting, "protocol": vars(protocol), "versions": versions()}
     verdicts = checks_section(checks) if checks is not None else []
     lines = ["# Debiasing report", "", *verdicts, tables[0], "", tables[1], ""]
+    if per_prompt is not None:
+        lines += ["## Per prompt", "", per_prompt, ""]
     lines += [" ".join(f"![{path.stem}]({path.name})" for path in summaries), ""]
     if strips:
         lines += ["## The same initial noise, method by method", "", SIDE_BY_SIDE_NOTE, ""]

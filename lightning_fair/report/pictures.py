@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from lightning_fair.report.tables import feature_space, quality
 from lightning_fair.utils.files import replace_atomically
 
 
@@ -47,18 +48,39 @@ def proportion_bars(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def fairness_quality(rows: list[dict[str, Any]], path: Path) -> None:
-    """FD against ``fid_cls`` per method (lower left is fairer and closer to the reference images)."""
+    """FD against ``fid_<space>`` per method (lower left is fairer and closer to the reference images)."""
     pyplot = _pyplot()
     figure, axis = pyplot.subplots(figsize=(4.8, 3.4))
     for row in rows:
-        if row["fid_cls"] is None:
+        fid = quality(row, "fid")
+        if fid is None:
             continue
-        axis.scatter(row["fid_cls"], row["fd"])
-        axis.annotate(row["method"], (row["fid_cls"], row["fd"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
-    axis.set_xlabel("fid_cls (classifier features)")
+        axis.scatter(fid, row["fd"])
+        axis.annotate(row["method"], (fid, row["fd"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    space = feature_space(rows)
+    axis.set_xlabel(f"fid_{space} ({'CLIP' if space == 'clip' else 'classifier'} features)")
     axis.set_ylabel("FD (L2)")
     axis.margins(x=0.2)  # room for the labels of the outermost points
     axis.set_ylim(bottom=0)
+    _save(figure, path)
+
+
+def prompt_shares(rows: list[dict[str, Any]], path: Path) -> None:
+    """Per prompt, each method's predicted share of the sensitive attribute's last class (the target dashed)."""
+    pyplot = _pyplot()
+    with_prompts = [row for row in rows if row.get("per_prompt")]
+    prompts = [entry["prompt"] for entry in with_prompts[0]["per_prompt"]]
+    classes = len(with_prompts[0]["proportions"])
+    figure, axis = pyplot.subplots(figsize=(max(4.8, 0.5 * len(prompts) + 2.5), 3.6))
+    for number, row in enumerate(with_prompts):
+        shares = [entry["proportions"][-1] for entry in row["per_prompt"]]
+        style = {"color": "k", "marker": "s"} if number == 0 else {"marker": "o"}
+        axis.plot(range(len(shares)), shares, linestyle="none", label=row["method"], **style)
+    axis.axhline(with_prompts[0]["target_distribution"][-1], color="k", linestyle="--", linewidth=0.8)
+    axis.set_xticks(range(len(prompts)), prompts, rotation=40, ha="right", fontsize=7)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel(f"P({with_prompts[0]['sensitive']}={classes - 1})")
+    axis.legend(fontsize=7)
     _save(figure, path)
 
 

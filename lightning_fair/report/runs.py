@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from lightning_fair.callbacks import FairnessEvaluator, SampleGrid, SamplingTimer
 from lightning_fair.cli import build_cli
+from lightning_fair.metrics.prompts import across_prompts
 from lightning_fair.models import resolve_model_path
 from lightning_fair.utils.files import write_text_atomically
 
@@ -78,11 +79,13 @@ class SharedParts:
         backbone: the diffusion model (the top-level ``backbone`` and ``model.init_args.backbone``).
         classifier: the attribute classifier (the top-level ``classifier``, which method configs follow).
         dataset: the image data, a class path and its init args (the top-level ``dataset``).
+        prompts: the prompts of a text-to-image backbone (the top-level ``prompts``), as a mapping.
     """
 
     backbone: str | None = None
     classifier: str | None = None
     dataset: dict[str, Any] | None = None
+    prompts: dict[str, Any] | None = None
 
     def overrides(self) -> list[str]:
         """The command-line arguments that set these parts."""
@@ -93,6 +96,8 @@ class SharedParts:
             arguments.append(f"--classifier={self.classifier}")
         if self.dataset is not None:
             arguments.append(f"--dataset={json.dumps(self.dataset)}")
+        if self.prompts is not None:
+            arguments.append(f"--prompts={json.dumps(self.prompts)}")
         return arguments
 
 
@@ -179,6 +184,7 @@ def run_method(
         warmup_seconds.append(timer.warmup_seconds)
     result = evaluators[0].result
     condition = result.conditions.get(result.sensitive)
+    space = evaluators[0].classifier.feature_space
     row = {
         "method": method,
         "setup": str(run.setup),
@@ -205,8 +211,11 @@ def run_method(
             for attribute, scores in result.conditions.items()
         },
         "dp_gap": result.dp_gap,
-        "fid_cls": None if result.quality is None else result.quality.fid_cls,
-        "kid_cls": None if result.quality is None else result.quality.kid_cls,
+        "feature_space": space,
+        f"fid_{space}": None if result.quality is None else result.quality.fid_cls,
+        f"kid_{space}": None if result.quality is None else result.quality.kid_cls,
+        "clip_score": result.clip_score,
+        "unknown": result.unknown,
         "confident": result.confident,
         "agreement": None if condition is None else condition.agreement,
         "seconds": min(run_seconds),
@@ -219,8 +228,33 @@ def run_method(
         "comparison": comparison,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "sampler": {key: model.hparams["sampler"][key] for key in SAMPLER_SETTINGS},
+        **prompt_rows(evaluators[0]),
     }
     return row, evaluators[0]
+
+
+def prompt_rows(evaluator: FairnessEvaluator) -> dict[str, Any]:
+    """The per-prompt results of a run with a prompt set (``None`` otherwise).
+
+    ``per_prompt``: each prompt's metadata, samples, proportions of ``sensitive``, FD and CLIP score;
+    ``across_prompts``: the mean, spread and worst prompt of each metric.
+    """
+    prompt_set, results = evaluator.prompt_set, evaluator.prompt_results
+    if prompt_set is None or not results:
+        return {"per_prompt": None, "across_prompts": None}
+    per_prompt = [
+        {
+            "prompt": prompt,
+            "metadata": metadata,
+            "num_samples": result.num_samples,
+            "proportions": result.sensitive_proportions,
+            "fd": result.fd,
+            "unknown": result.unknown,
+            "clip_score": result.clip_score,
+        }
+        for prompt, metadata, result in zip(prompt_set.prompts, prompt_set.metadata, results, strict=True)
+    ]
+    return {"per_prompt": per_prompt, "across_prompts": across_prompts(results, list(prompt_set.prompts))}
 
 
 FITTED_CHECKPOINT = "fitted.ckpt"

@@ -10,8 +10,10 @@ import pytest
 import yaml
 
 from lightning_fair.main import main
+from lightning_fair.metrics.prompts import across_prompts
 from lightning_fair.report.checks import report_checks
 from lightning_fair.report.command import planned_runs, report_parser, run_report
+from lightning_fair.report.tables import prompt_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 METHODS = REPO_ROOT / "configs" / "methods"
@@ -223,3 +225,39 @@ def test_checks_of_hand_made_rows(tmp_path: Path) -> None:
     failed = {(check.name, check.methods) for check in report_checks(rows, None) if not check.passed}
     assert ("classifier", ("plain", "conditional", "distribution_guidance")) in failed
     assert not any(name == "agreement" for name, _ in failed)
+
+
+def test_the_per_prompt_table_of_hand_made_rows() -> None:
+    def row(method: str, shares: list[float], fds: list[float]) -> dict:
+        prompts = ["a photo of a nurse", "a photo of a pilot"]
+        per_prompt = [
+            {"prompt": prompt, "proportions": [1 - share, share], "fd": fd}
+            for prompt, share, fd in zip(prompts, shares, fds, strict=True)
+        ]
+        summary = across_prompts(
+            [_Result({"fd": fd, "proportion/Male=1": share}) for share, fd in zip(shares, fds, strict=True)], prompts
+        )
+        return {
+            "method": method,
+            "sensitive": "Male",
+            "proportions": [0.5, 0.5],
+            "per_prompt": per_prompt,
+            "across_prompts": summary,
+        }
+
+    table = prompt_table([row("plain", [0.1, 0.9], [0.56, 0.57]), row("conditional", [0.5, 0.4], [0.0, 0.14])])
+    lines = table.splitlines()
+    assert lines[0] == "| prompt | plain: P(Male=1) / FD | conditional: P(Male=1) / FD |"
+    assert lines[2] == "| a photo of a nurse | 0.100 / 0.560 | 0.500 / 0.000 |"
+    assert lines[4] == "| **mean** | 0.500 / 0.565 | 0.450 / 0.070 |"
+    assert lines[5] == "| **std** | 0.400 / 0.005 | 0.050 / 0.070 |"
+    assert lines[6] == "| **worst FD** | 0.570 (a photo of a pilot) | 0.140 (a photo of a pilot) |"
+    assert prompt_table([{"method": "plain", "per_prompt": None}]) is None
+
+
+class _Result:
+    def __init__(self, values: dict) -> None:
+        self.values = values
+
+    def metrics(self) -> dict:
+        return self.values

@@ -135,3 +135,42 @@ def test_a_clip_folder_without_processor_or_prompts_is_refused(clip_folder: Path
     with pytest.raises(ValueError, match=message) as error:
         load_classifier(str(path))
     assert str(bare) in str(error.value)
+
+
+def test_a_zero_shot_classifier_evaluates_a_text_to_image_run(
+    clip_folder: Path, tiny_setup, tiny_sd: Path, tmp_path: Path
+) -> None:
+    """As the evaluator's classifier: CLIP-space quality (fid_clip), CLIP score, an unknown share."""
+    from lightning_fair.main import main
+
+    attributes = {"Male": [["a woman"], ["a man"]], "Blond_Hair": [["dark hair"], ["blond hair"]]}
+    spec = write_spec(tmp_path, {"clip": str(clip_folder), "attributes": attributes, "threshold": 0.5001})
+    setup = tiny_setup(backbone=tiny_sd, prompts={"neutral": ["a photo of a nurse", "a photo of a pilot"]})
+    method = tmp_path / "plain.yaml"
+    method.write_text(
+        yaml.safe_dump(
+            {
+                "name": "plain",
+                "model": {
+                    "class_path": "PlainSampling",
+                    "init_args": {
+                        "backbone": "${backbone}",
+                        "prompts": "${prompts}",
+                        "sampler": {"num_inference_steps": 2},
+                    },
+                },
+                "data": {"init_args": {"num_samples": 4, "batch_size": 4}},
+            }
+        )
+    )
+    main(["test", "-c", str(setup), "-c", str(method), f"--classifier={spec}"])
+    record = json.loads(next((tmp_path / "runs" / "plain").rglob("metrics.json")).read_text())
+    metrics = record["metrics"]
+    assert "fid_clip" in metrics
+    assert "fid_cls" not in metrics
+    assert 0 <= metrics["clip_score"] <= 100
+    assert 0 <= metrics["unknown/Male"] <= 1
+    known = [metrics["proportion/Male=0"], metrics["proportion/Male=1"]]
+    assert metrics["unknown/Male"] == 1 or sum(known) == pytest.approx(1)
+    assert [entry["metrics"]["num_samples"] for entry in record["per_prompt"]] == [4, 4]
+    assert record["across_prompts"]["clip_score"]["mean"] == pytest.approx(metrics["clip_score"])

@@ -199,3 +199,49 @@ def test_one_and_two_processes_give_the_same_per_prompt_metrics(
             if name.startswith(("proportion/", "fd", "unknown/", "num_samples", "bias_score", "dp_gap")):
                 assert entry_two["metrics"][name] == (None if value is None else pytest.approx(value, abs=1e-9)), name
     assert two["across_prompts"]["fd"] == pytest.approx(one["across_prompts"]["fd"])
+
+
+def test_adps_train_on_generated_images_of_the_prompts_without_a_dataset(
+    tiny_setup: Callable[..., Path], tiny_sd: Path, tmp_path: Path
+) -> None:
+    """Distribution Guidance's fit without train_data: ADPs learn from unguided samples of every neutral prompt."""
+    from lightning_fair.cli import build_cli
+
+    setup = tiny_setup(backbone=tiny_sd, prompts={"neutral": ["a photo of a nurse", "a photo of a pilot"]})
+    method = tmp_path / "dg.yaml"
+    method.write_text(
+        yaml.safe_dump(
+            {
+                "name": "dg",
+                "model": {
+                    "class_path": "DistributionGuidance",
+                    "init_args": {
+                        "backbone": "${backbone}",
+                        "prompts": "${prompts}",
+                        "classifier": "${classifier}",
+                        "target_distributions": {"Male": [0.5, 0.5]},
+                        "guidance_scale": 10.0,
+                        "sampler": {"num_inference_steps": 2},
+                    },
+                },
+                "data": {"init_args": {"train_data": None, "calibration_samples": 3, "batch_size": 2}},
+                "trainer": {"max_epochs": 1, "enable_progress_bar": False},
+            }
+        )
+    )
+    cli = build_cli(["-c", str(setup), "-c", str(method)], run=False)
+    before = {name: value.clone() for name, value in cli.model.predictors.state_dict().items()}
+    seen = []
+    original = cli.model.training_images
+
+    def record(batch: dict) -> torch.Tensor:
+        seen.append(batch_prompt(batch["index"]))
+        images = original(batch)
+        assert images.shape[1:] == (3, 32, 32)
+        return images
+
+    cli.model.training_images = record
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert seen == [0, 0, 1, 1]  # 3 samples of each prompt in batches of 2
+    after = cli.model.predictors.state_dict()
+    assert any(not torch.equal(before[name], after[name]) for name in before)

@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_fair.backbones import DiffusionBackbone
-from lightning_fair.diffusion import DiffusionSampler, ddim_inversion
-from lightning_fair.diffusion.seeding import per_sample_randn, training_generators
+from lightning_fair.data.prompt_sets import batch_prompt
+from lightning_fair.diffusion import DiffusionSampler, SamplingState, ddim_inversion
+from lightning_fair.diffusion.seeding import TRAINING_STREAM, per_sample_randn, seed_of, training_generators
 from lightning_fair.methods.hspace.predictor import write_accuracy_table
 from lightning_fair.utils.run_folder import run_folder
 
@@ -20,6 +21,10 @@ class PredictorTraining:
 
     The hooks of :class:`~lightning_fair.methods.hspace.guidance.HSpaceGuidance` that train its ``predictors`` and
     report their validation accuracy at every timestep (logged, and written to ``adp_accuracy.csv``).
+
+    Its images are the training split of the setup's data or, when ``fit`` is given generation requests without
+    ``train_data`` (a text-to-image setup without real images), unguided samples of the neutral prompts, as the
+    paper's Stable Diffusion experiments train their ADPs on generated images labelled by a classifier.
     """
 
     backbone: DiffusionBackbone
@@ -77,6 +82,21 @@ class PredictorTraining:
         """H (float32) of ``x0`` noised by the forward process to timesteps ``t`` (``(B,)``), under ``condition``."""
         return self.backbone.h(self.sampler.add_noise(x0, noise, t), t, condition).float()
 
+    def training_images(self, batch: dict[str, Tensor]) -> Tensor:
+        """The batch's images, or unguided samples of its generation requests (the neutral prompt of each).
+
+        Samples are drawn with their own seed (``(seed, training stream)``), apart from the evaluation's samples.
+        """
+        if "image" in batch:
+            return batch["image"]
+        indices = batch["index"].cpu().long()
+        state = SamplingState(indices=indices, condition=self.neutral_condition(len(indices), batch_prompt(indices)))
+        if self.uses_cfg:
+            state.null_condition = self.null_condition(len(indices))
+        seed = seed_of(self.seed, TRAINING_STREAM)
+        x = self.sampler.sample(self.unet_eps, state, seed, self.backbone.sample_shape, self.device)
+        return self.backbone.decode(x).clamp(-1, 1)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Cross-entropy of every ADP against the classifier's pseudo-labels.
 
@@ -85,9 +105,10 @@ class PredictorTraining:
         """
         generators = training_generators(self.seed, self.current_epoch, batch["index"])
         with torch.no_grad():
-            labels = self.pseudo_labels(batch["image"])
-            h, t = self.training_features(batch["image"], generators)
-        repeats = len(h) // len(batch["image"])
+            images = self.training_images(batch)
+            labels = self.pseudo_labels(images)
+            h, t = self.training_features(images, generators)
+        repeats = len(h) // len(images)
         losses = {
             name: F.cross_entropy(self.predictors[name](h, t) / self.temperature, labels[name].repeat(repeats))
             for name in self.attributes

@@ -171,7 +171,7 @@ def random_images(count: int, seed: int = 0) -> Tensor:
 
 def fid_cls(evaluator: FairnessEvaluator) -> float:
     evaluator.suite.update(random_images(12))
-    return evaluator.suite.compute().quality.fid_cls
+    return evaluator.suite.compute().quality.fid
 
 
 @pytest.mark.parametrize("options", [{"max_samples_per_split": 10}, {"image_size": 16}])

@@ -52,22 +52,22 @@ class QualityResult:
     """FID and KID of the samples in the classifier's feature space against the reference images (not Inception).
 
     Attributes:
-        fid_cls: Fréchet distance.
-        kid_cls: kernel distance (mean over subsets).
-        kid_cls_std: its standard deviation over subsets.
+        fid: Fréchet distance.
+        kid: kernel distance (mean over subsets).
+        kid_std: its standard deviation over subsets.
         feature_space: what the features are, in the metrics' names (``cls``: a trained classifier's penultimate
             features, ``fid_cls``; ``clip``: CLIP image embeddings, ``fid_clip``).
     """
 
-    fid_cls: Value
-    kid_cls: Value
-    kid_cls_std: Value
+    fid: Value
+    kid: Value
+    kid_std: Value
     feature_space: str = "cls"
 
     def metrics(self) -> dict[str, Value]:
         """``fid_<space>``, ``kid_<space>`` and ``kid_<space>_std``."""
         space = self.feature_space
-        return {f"fid_{space}": self.fid_cls, f"kid_{space}": self.kid_cls, f"kid_{space}_std": self.kid_cls_std}
+        return {f"fid_{space}": self.fid, f"kid_{space}": self.kid, f"kid_{space}_std": self.kid_std}
 
 
 @dataclass(frozen=True)

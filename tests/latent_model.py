@@ -127,3 +127,14 @@ def write_tiny_clip(folder: Path, image_size: int = 24, patch_size: int = 8, pro
     )
     CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+def text_method(name: str, class_path: str, num_samples: int, batch_size: int, **init_args: object) -> dict:
+    """A method config on a setup's text-to-image ``backbone`` and ``prompts``, sampling 2 steps per image."""
+    arguments = {"backbone": "${backbone}", "prompts": "${prompts}", "sampler": {"num_inference_steps": 2}}
+    return {
+        "name": name,
+        "model": {"class_path": class_path, "init_args": arguments | init_args},
+        "data": {"init_args": {"num_samples": num_samples, "batch_size": batch_size}},
+        "trainer": {"enable_progress_bar": False},
+    }

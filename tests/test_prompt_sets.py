@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from latent_model import text_method
 
 from lightning_fair.data.prompt_sets import PROMPT_STRIDE, PromptSet, batch_prompt, prompt_of, sample_indices
 from lightning_fair.data.requests import RequestBatches
@@ -161,29 +162,12 @@ def test_a_test_run_reports_every_metric_per_prompt_and_writes_a_folder_per_prom
 
 
 def test_one_and_two_processes_give_the_same_per_prompt_metrics(
-    tiny_setup: Callable[..., Path], tiny_sd: Path, tmp_path: Path
+    tiny_setup: Callable[..., Path], tiny_sd: Path, tmp_path: Path, write_config: Callable[..., Path]
 ) -> None:
     """Exact per-prompt counts: a 2-process gloo run and a 1-process run give the same per-prompt metrics."""
     prompts = {"neutral": ["a photo of a nurse", "a photo of a pilot", "a photo of a cook"]}
     setup = tiny_setup(backbone=tiny_sd, prompts=prompts)
-    method = tmp_path / "method.yaml"
-    method.write_text(
-        yaml.safe_dump(
-            {
-                "name": "plain",
-                "model": {
-                    "class_path": "PlainSampling",
-                    "init_args": {
-                        "backbone": "${backbone}",
-                        "prompts": "${prompts}",
-                        "sampler": {"num_inference_steps": 2},
-                    },
-                },
-                "data": {"init_args": {"num_samples": 3, "batch_size": 2}},
-                "trainer": {"enable_progress_bar": False},
-            }
-        )
-    )
+    method = write_config("plain", text_method("plain", "PlainSampling", num_samples=3, batch_size=2))
     records = {}
     for devices in (1, 2):
         strategy = ["--trainer.strategy=ddp"] if devices == 2 else []

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from latent_model import write_tiny_clip
+from latent_model import text_method, write_tiny_clip
 
 from lightning_fair.classifiers import ZeroShotClassifier, load_classifier
 from lightning_fair.classifiers.class_prompts import PRESETS
@@ -138,7 +139,7 @@ def test_a_clip_folder_without_processor_or_prompts_is_refused(clip_folder: Path
 
 
 def test_a_zero_shot_classifier_evaluates_a_text_to_image_run(
-    clip_folder: Path, tiny_setup, tiny_sd: Path, tmp_path: Path
+    clip_folder: Path, tiny_setup: Callable[..., Path], tiny_sd: Path, tmp_path: Path, write_config: Callable[..., Path]
 ) -> None:
     """As the evaluator's classifier: CLIP-space quality (fid_clip), CLIP score, an unknown share."""
     from lightning_fair.main import main
@@ -146,23 +147,7 @@ def test_a_zero_shot_classifier_evaluates_a_text_to_image_run(
     attributes = {"Male": [["a woman"], ["a man"]], "Blond_Hair": [["dark hair"], ["blond hair"]]}
     spec = write_spec(tmp_path, {"clip": str(clip_folder), "attributes": attributes, "threshold": 0.5001})
     setup = tiny_setup(backbone=tiny_sd, prompts={"neutral": ["a photo of a nurse", "a photo of a pilot"]})
-    method = tmp_path / "plain.yaml"
-    method.write_text(
-        yaml.safe_dump(
-            {
-                "name": "plain",
-                "model": {
-                    "class_path": "PlainSampling",
-                    "init_args": {
-                        "backbone": "${backbone}",
-                        "prompts": "${prompts}",
-                        "sampler": {"num_inference_steps": 2},
-                    },
-                },
-                "data": {"init_args": {"num_samples": 4, "batch_size": 4}},
-            }
-        )
-    )
+    method = write_config("plain", text_method("plain", "PlainSampling", num_samples=4, batch_size=4))
     main(["test", "-c", str(setup), "-c", str(method), f"--classifier={spec}"])
     record = json.loads(next((tmp_path / "runs" / "plain").rglob("metrics.json")).read_text())
     metrics = record["metrics"]

@@ -14,6 +14,7 @@ HOME_SETUP = {  # the setup a config is shown with first in its header (the defa
     "invdiff_baseline": "synthetic_waterbirds",
     "pretrain_vae": "synthetic_faces_sd",
     "pretrain_latent": "synthetic_faces_sd",
+    "pretrain_clip": "synthetic_faces_sd",
 }
 
 

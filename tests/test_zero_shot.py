@@ -159,3 +159,14 @@ def test_a_zero_shot_classifier_evaluates_a_text_to_image_run(
     assert metrics["unknown/Male"] == 1 or sum(known) == pytest.approx(1)
     assert [entry["metrics"]["num_samples"] for entry in record["per_prompt"]] == [4, 4]
     assert record["across_prompts"]["clip_score"]["mean"] == pytest.approx(metrics["clip_score"])
+
+
+def test_the_fairface_spec_builds_its_attributes(clip_folder: Path, tmp_path: Path) -> None:
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/classifiers/clip_fairface.yaml").read_text())
+    classifier = load_classifier(str(write_spec(tmp_path, {**spec, "clip": str(clip_folder)})))
+    assert dict(zip(classifier.attributes, classifier.num_classes, strict=True)) == {
+        "Male": 2,
+        "race": 7,
+        "age": 3,
+        "gender_race": 14,
+    }

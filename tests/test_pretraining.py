@@ -156,6 +156,21 @@ def test_resume_from_checkpoint(faces_root: Path, tmp_path: Path) -> None:
     assert resumed.ema.n_averaged.item() == 4
 
 
+def test_a_fit_resumed_at_its_budget_still_exports(faces_root: Path, tmp_path: Path) -> None:
+    """A run killed after its last checkpoint: resumed with the same budget, it trains nothing and exports."""
+    first = trainer(tmp_path, steps=2)
+    first.fit(tiny(tmp_path / "first"), datamodule(faces_root))
+    checkpoint = tmp_path / "last.ckpt"
+    first.save_checkpoint(checkpoint)
+    trainer(tmp_path, steps=2).fit(tiny(tmp_path / "model"), datamodule(faces_root), ckpt_path=checkpoint)
+    training = json.loads((tmp_path / "model" / "training.json").read_text())
+    assert (training["steps"], training["complete"]) == (2, True)
+    first_unet = UNet2DModel.from_pretrained(tmp_path / "first" / "unet")
+    resumed_unet = UNet2DModel.from_pretrained(tmp_path / "model" / "unet")
+    for a, b in zip(first_unet.parameters(), resumed_unet.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_init_weights_fine_tunes_an_exported_model(tmp_path: Path) -> None:
     tiny(tmp_path / "first").export(tmp_path / "first")
     exported = UNet2DModel.from_pretrained(tmp_path / "first" / "unet")

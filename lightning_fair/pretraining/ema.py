@@ -165,6 +165,7 @@ class EMAPretraining(LightningModule, ABC):
 
         At the end of training, before the callbacks' ``on_fit_end``: a callback can check the exported model.
         """
+        self.exported = True
         losses = self.weights_losses()
         weights: Literal["ema", "raw"] = "raw" if losses is not None and losses["raw"] < losses["ema"] else "ema"
         budget = fit_budget(self.trainer)
@@ -177,6 +178,15 @@ class EMAPretraining(LightningModule, ABC):
         if self.trainer.is_global_zero:
             folder = self.export(self.output_dir, weights, record)
             rank_zero_info(f"{type(self).__name__}: {kept}; {budget.summary()}; written to {folder}")
+
+    def on_fit_end(self) -> None:
+        """Exports when training did not run: a fit resumed from a checkpoint already at its budget.
+
+        Lightning then skips the training loop and its ``on_train_end``; the model is written here instead (after the
+        callbacks' ``on_fit_end``, so a check of the exported model there sees the previous export).
+        """
+        if not getattr(self, "exported", False):
+            self.on_train_end()
 
     def export(
         self, output_dir: str | Path, weights: Literal["ema", "raw"] = "ema", record: dict[str, Any] | None = None

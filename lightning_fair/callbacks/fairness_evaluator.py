@@ -63,7 +63,8 @@ class FairnessEvaluator(Callback):
     uniform distribution.
 
     Args:
-        classifier: an ``AttributeClassifier`` checkpoint, pretrained folder or shipped name.
+        classifier: an ``AttributeClassifier`` checkpoint, pretrained folder or shipped name, or a zero-shot CLIP
+            classifier (a spec file, or a CLIP folder with its ``zero_shot.json``; see ``ZeroShotClassifier``).
         sensitive: the attribute to balance (one the classifier predicts).
         target: optional content attribute (for ``fd_given_*`` and ``dp_gap``).
         target_distribution: fair distribution of ``sensitive`` (default: the method's, else uniform).

@@ -161,6 +161,7 @@ def test_a_test_run_reports_every_metric_per_prompt_and_writes_a_folder_per_prom
     assert [row["prompt"] for row in rows] == ["a photo of a nurse"] * 3 + ["a photo of a pilot"] * 3
 
 
+@pytest.mark.slow  # two command-line runs in subprocesses, about 50 s
 def test_one_and_two_processes_give_the_same_per_prompt_metrics(
     tiny_setup: Callable[..., Path], tiny_sd: Path, tmp_path: Path, write_config: Callable[..., Path]
 ) -> None:

@@ -158,8 +158,8 @@ def test_checkpoint_of_another_kind_as_classifier(tiny_backbone: Path, tmp_path:
     trainer.save_checkpoint(tmp_path / "method.ckpt")
     message = (
         f"Option 'classifier': '{tmp_path / 'method.ckpt'}' is a checkpoint of ConditionalSampling; expected an "
-        "AttributeClassifier checkpoint (.ckpt) or a folder written by its save_pretrained (config.json and "
-        "model.safetensors)"
+        "AttributeClassifier checkpoint (.ckpt), a folder written by its save_pretrained (config.json and "
+        "model.safetensors), a zero-shot spec (.yaml/.yml/.json) or a CLIP folder with its zero_shot.json"
     )
     with pytest.raises(ValueError, match=re.escape(message)):
         load_classifier(str(tmp_path / "method.ckpt"))

@@ -84,6 +84,11 @@ class ClassConditions:
         """The neutral prompts on a text-to-image backbone (``None`` on others)."""
         if self.backbone.conditioning != "text":
             return None
+        if self.prompts.neutral is None and self.prompts.file is None and self.backbone.neutral_prompt is None:
+            raise ValueError(
+                f"'{self.backbone.reference}' records no neutral prompt: set 'prompts.neutral' "
+                "(e.g. 'a photo of a person') or 'prompts.file'"
+            )
         return self.prompts.prompt_set(self.backbone.neutral_prompt)
 
     @property
@@ -131,11 +136,6 @@ class ClassConditions:
         """The condition of unguided sampling: the null label, neutral prompt ``prompt``, or none."""
         if self.backbone.conditioning != "text":
             return self.backbone.null_condition(batch_size, self.device)
-        if self.prompt_set is None:
-            raise ValueError(
-                f"'{self.backbone.reference}' records no neutral prompt: set 'prompts.neutral' "
-                "(e.g. 'a photo of a person')"
-            )
         return self.backbone.prompt_condition([self.prompt_set.prompts[prompt]] * batch_size).to(self.device)
 
     def null_condition(self, batch_size: int) -> Condition:

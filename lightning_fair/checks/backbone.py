@@ -51,6 +51,7 @@ class BackboneVerdict:
         fid_cls: Fréchet distance of the samples to the validation images in the classifier's features.
         fid_floor: the same distance of as many test images (what the data itself gives).
         failures: why the backbone is not usable (empty: usable).
+        feature_space: the classifier's features, in the distance's name (``fid_cls``, or ``fid_clip`` for CLIP).
     """
 
     backbone: str
@@ -63,6 +64,7 @@ class BackboneVerdict:
     fid_cls: float
     fid_floor: float
     failures: list[str]
+    feature_space: str = "cls"
 
     @property
     def usable(self) -> bool:
@@ -75,7 +77,8 @@ class BackboneVerdict:
         if self.agreement is not None:
             numbers.append(f"agreement {self.agreement:.3f} (chance {self.chance:.2f})")
         numbers.append(f"confident {self.confident:.2f} (validation images {self.reference_confident:.2f})")
-        numbers.append(f"fid_cls {self.fid_cls:.2f} (floor {self.fid_floor:.2f})")
+        distances = (f"{value:.2f}" if value >= 1 else f"{value:.3g}" for value in (self.fid_cls, self.fid_floor))
+        numbers.append(f"fid_{self.feature_space} {next(distances)} (floor {next(distances)})")
         verdict = "usable" if self.usable else "NOT USABLE: " + "; ".join(self.failures)
         return f"backbone '{self.backbone}' {verdict} [{', '.join(numbers)}; {self.samples} samples]"
 
@@ -147,7 +150,17 @@ def check_backbone(
     chance = None if attribute is None else 1 / num_classes
     failures = _failures(agreement, chance, confident / total, reference_confident, fid, floor, thresholds)
     return BackboneVerdict(
-        str(backbone), attribute, total, agreement, chance, confident / total, reference_confident, fid, floor, failures
+        str(backbone),
+        attribute,
+        total,
+        agreement,
+        chance,
+        confident / total,
+        reference_confident,
+        fid,
+        floor,
+        failures,
+        getattr(classifier, "feature_space", "cls"),
     )
 
 

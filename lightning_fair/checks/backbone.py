@@ -77,8 +77,7 @@ class BackboneVerdict:
         if self.agreement is not None:
             numbers.append(f"agreement {self.agreement:.3f} (chance {self.chance:.2f})")
         numbers.append(f"confident {self.confident:.2f} (validation images {self.reference_confident:.2f})")
-        distances = (f"{value:.2f}" if value >= 1 else f"{value:.3g}" for value in (self.fid_cls, self.fid_floor))
-        numbers.append(f"fid_{self.feature_space} {next(distances)} (floor {next(distances)})")
+        numbers.append(f"fid_{self.feature_space} {distance(self.fid_cls)} (floor {distance(self.fid_floor)})")
         verdict = "usable" if self.usable else "NOT USABLE: " + "; ".join(self.failures)
         return f"backbone '{self.backbone}' {verdict} [{', '.join(numbers)}; {self.samples} samples]"
 
@@ -148,7 +147,8 @@ def check_backbone(
     reference_confident = float((val_probabilities.amax(dim=1) >= CONFIDENCE).float().mean())
     agreement = None if attribute is None else hits / total
     chance = None if attribute is None else 1 / num_classes
-    failures = _failures(agreement, chance, confident / total, reference_confident, fid, floor, thresholds)
+    space = getattr(classifier, "feature_space", "cls")
+    failures = _failures(agreement, chance, confident / total, reference_confident, fid, floor, thresholds, space)
     return BackboneVerdict(
         str(backbone),
         attribute,
@@ -160,7 +160,7 @@ def check_backbone(
         fid,
         floor,
         failures,
-        getattr(classifier, "feature_space", "cls"),
+        space,
     )
 
 
@@ -196,6 +196,7 @@ def _failures(
     fid: float,
     floor: float,
     thresholds: BackboneThresholds,
+    feature_space: str = "cls",
 ) -> list[str]:
     failures = []
     if agreement is not None and chance is not None:
@@ -209,5 +210,11 @@ def _failures(
             "validation images (samples unlike the data)"
         )
     if thresholds.max_fid_ratio is not None and fid > thresholds.max_fid_ratio * floor:
-        failures.append(f"fid_cls {fid:.2f} is over {thresholds.max_fid_ratio:g}x the data's own {floor:.2f}")
+        ratio = thresholds.max_fid_ratio
+        failures.append(f"fid_{feature_space} {distance(fid)} is over {ratio:g}x the data's own {distance(floor)}")
     return failures
+
+
+def distance(value: float) -> str:
+    """A feature distance for a message: 2 decimals, or 3 significant digits below 1 (CLIP's are small)."""
+    return f"{value:.2f}" if value >= 1 else f"{value:.3g}"

@@ -45,7 +45,7 @@ class LightningFairCLI(LightningCLI):
 
     A run combines a setup and a method config (``-c configs/setups/<setup>.yaml -c configs/methods/<method>.yaml``).
     Top-level options name what the parts of a run share, so that a setup states each once and the method config
-    interpolates it (``${backbone}``, ``${dataset.init_args.sensitive}``): ``backbone``, ``classifier``, ``dataset``
+    interpolates it (``${backbone}``, ``${evaluator.init_args.sensitive}``): ``backbone``, ``classifier``, ``dataset``
     (an image DataModule, not instantiated by itself), ``prompts`` (of a text-to-image backbone), ``evaluator`` (the
     :class:`~lightning_fair.callbacks.FairnessEvaluator`, added to the trainer's callbacks, set from the command line
     as ``--evaluator.classifier``), ``backbone_check`` (the :class:`~lightning_fair.callbacks.BackboneCheck` of a
@@ -202,7 +202,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
     # Interpolations (``${model.init_args.target_distributions.Male}``) are resolved after the command-line
     # overrides (``omegaconf+``), and written from the config's root whatever the subcommand.
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
-    # ``${dict:${dataset.init_args.sensitive},[0.5,0.5]}``: a mapping keyed by another option's value (OmegaConf
+    # ``${dict:${evaluator.init_args.sensitive},[0.5,0.5]}``: a mapping keyed by another option's value (OmegaConf
     # interpolates values, never keys), e.g. the target distribution of the dataset's sensitive attribute.
     OmegaConf.register_resolver("dict", lambda key, value: {key: value}, replace=True)
     with warnings.catch_warnings():

@@ -225,8 +225,53 @@ def test_adps_train_on_generated_images_of_the_prompts_without_a_dataset(
         assert images.shape[1:] == (3, 32, 32)
         return images
 
+    read_under = []
+    original_features = cli.model.training_features
+
+    def features(images: torch.Tensor, generators: list, prompt: int = 0) -> tuple:
+        read_under.append(prompt)
+        return original_features(images, generators, prompt)
+
     cli.model.training_images = record
+    cli.model.training_features = features
     cli.trainer.fit(cli.model, cli.datamodule)
     assert seen == [0, 0, 1, 1]  # 3 samples of each prompt in batches of 2
+    assert read_under == seen  # h of each image under the prompt it was drawn from
     after = cli.model.predictors.state_dict()
     assert any(not torch.equal(before[name], after[name]) for name in before)
+
+
+def test_the_occupation_recipe_runs_without_a_dataset(
+    tmp_path: Path, cli_error: Callable[[list[str]], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Stable Diffusion occupations setup on the shipped tiny models: 40 prompts, no images, zero-shot scores."""
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # the setup names its prompt and classifier files relative to the checkout
+    setup = ["-c", "configs/setups/stable_diffusion_occupations.yaml"]
+    shipped = ["--backbone=synthetic_faces_sd", "--classifier=synthetic_faces_clip"]
+    quick = ["--model.init_args.sampler.num_inference_steps=2", "--data.init_args.batch_size=4"]
+    plain = tmp_path / "plain"
+    arguments = ["-c", "configs/methods/plain.yaml", *shipped, *quick, f"--trainer.default_root_dir={plain}"]
+    main(["test", *setup, *arguments, "--data.init_args.num_samples=2", "--trainer.callbacks=[]"])
+    metrics = json.loads(next(plain.rglob("metrics.json")).read_text())
+    first = metrics["per_prompt"][0]
+    assert (first["prompt"], first["metadata"]["occupation"]) == ("a photo of a driver", "driver")
+    assert len(metrics["per_prompt"]) == 40
+    assert metrics["metrics"]["num_samples"] == 80
+    assert "clip_score" in metrics["metrics"]
+    guidance = ["-c", "configs/methods/distribution_guidance.yaml", *shipped, *quick]
+    # Distribution Guidance's ADPs on 40 generated images, one per prompt
+    main(
+        [
+            "fit",
+            *setup,
+            *guidance,
+            "--data.init_args.calibration_samples=1",
+            f"--trainer.default_root_dir={tmp_path}/dg",
+        ]
+    )
+    assert (tmp_path / "dg" / "checkpoints" / "last.ckpt").is_file()
+    self_guidance = ["-c", "configs/methods/self_guidance.yaml", *shipped, f"--trainer.default_root_dir={tmp_path}"]
+    assert cli_error(["fit", *setup, *self_guidance]).startswith(
+        "error: SelfGuidance trains on real images: give 'data.init_args.train_data'"
+    )

@@ -188,6 +188,16 @@ class DebiasingMethod(ClassConditions, RunHooks, CheckpointHygiene, LightningMod
         data = getattr(data, "train_data", data)
         return data if isinstance(data, AttributeDataModule) else None
 
+    def required_image_data(self) -> AttributeDataModule:
+        """:meth:`image_data`, or a one-line error for a method that trains on real images and is given none."""
+        data = self.image_data()
+        if data is None:
+            raise ValueError(
+                f"{type(self).__name__} trains on real images: give 'data.init_args.train_data' (an image DataModule "
+                "such as the setup's ${dataset}); generated images are not its training data"
+            )
+        return data
+
     @property
     def needs_fit(self) -> bool:
         """Whether ``fit`` must run before sampling: by default, whether the method has trainable parameters."""

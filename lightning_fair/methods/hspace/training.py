@@ -48,9 +48,11 @@ class PredictorTraining:
         return {name: predictions[:, column] for name, column in columns}
 
     def training_features(
-        self, images: Tensor, generators: list[torch.Generator] | None = None
+        self, images: Tensor, generators: list[torch.Generator] | None = None, prompt: int = 0
     ) -> tuple[Tensor, Tensor]:
         """H of ``images`` at sampler timesteps and those timesteps, as ``(N, *h_shape)`` and ``(N,)``.
+
+        H is read under neutral prompt ``prompt``: the prompt the images were generated from, as guidance reads it.
 
         ``noised``: one random sampler timestep per image (``N = B``), timestep and noise of image ``i`` drawn from
         ``generators[i]`` (one per image; needed). ``inversion``: every timestep of a DDIM inversion of each image
@@ -58,7 +60,7 @@ class PredictorTraining:
         """
         timesteps = self.sampler.timesteps.to(images.device)
         x0 = self.backbone.encode(images)
-        condition = self.neutral_condition(len(images))
+        condition = self.neutral_condition(len(images), prompt)
         if self.h_source == "noised":
             choice = torch.cat([torch.randint(len(timesteps), (1,), generator=g) for g in generators])
             t = timesteps[choice.to(images.device)]
@@ -107,7 +109,7 @@ class PredictorTraining:
         with torch.no_grad():
             images = self.training_images(batch)
             labels = self.pseudo_labels(images)
-            h, t = self.training_features(images, generators)
+            h, t = self.training_features(images, generators, batch_prompt(batch["index"]))
         repeats = len(h) // len(images)
         losses = {
             name: F.cross_entropy(self.predictors[name](h, t) / self.temperature, labels[name].repeat(repeats))

@@ -176,9 +176,7 @@ class InvDiff(BiasInference, ConditionalSampling):
 
     def training_data(self) -> AttributeDataModule:
         """The DataModule of ``fit``; refuses one without the attributes the groups and conditions need."""
-        data = self.image_data()
-        if data is None:
-            raise ValueError("InvDiff trains on images with attributes: give it an AttributeDataModule as 'data'")
+        data = self.required_image_data()
         needed = {"condition": self.condition_attribute, "sensitive": data.sensitive}
         if self.groups == "labels":
             needed["target"] = data.target

@@ -38,10 +38,7 @@ class SelfAnnotation:
 
     def training_data(self) -> AttributeDataModule:
         """The DataModule of ``fit``."""
-        data = self.image_data()
-        if data is None:
-            raise ValueError("SelfGuidance trains on images: give it an AttributeDataModule as 'data'")
-        return data
+        return self.required_image_data()
 
     def clusters_path(self) -> Path:
         """``clusters_file``, or ``clusters.safetensors`` in the run's log folder."""

@@ -275,3 +275,16 @@ def test_the_occupation_recipe_runs_without_a_dataset(
     assert cli_error(["fit", *setup, *self_guidance]).startswith(
         "error: SelfGuidance trains on real images: give 'data.init_args.train_data'"
     )
+
+
+@pytest.mark.parametrize("name", ["winobias_occupations.csv", "professions.csv", "synthetic_faces_captions.csv"])
+def test_every_shipped_prompt_set_reads(name: str) -> None:
+    """The shipped lists: unique prompts, each a photo of its occupation (or a person), its metadata complete."""
+    prompt_set = PromptSet.read(Path(__file__).resolve().parents[1] / "configs" / "prompts" / name)
+    assert len(set(prompt_set.prompts)) == len(prompt_set) >= 5
+    for prompt, metadata in zip(prompt_set.prompts, prompt_set.metadata, strict=True):
+        assert prompt.startswith("a photo of ")
+        if "occupation" in metadata:
+            assert prompt.endswith(f" {metadata['occupation']}")
+            article = prompt.split()[3]
+            assert article == ("an" if metadata["occupation"][0].lower() in "aeiou" else "a"), prompt

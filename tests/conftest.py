@@ -180,6 +180,7 @@ def tiny_setup(tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp
             "method_settings": {  # the tiny models' settings: a short tau search, a delta UNet of their 2 levels
                 "attribute_switching": {"model": {"init_args": {"search_steps": 4}}},
                 "invdiff": {"model": {"init_args": {"delta_channels": [8, 16]}}},
+                "fair_diffusion": {"model": {"init_args": {"edit_warmup_steps": 1}}},
             },
         }
         path = tmp_path / "tiny_setup.yaml"

@@ -102,3 +102,40 @@ def test_sampling_without_a_calibrated_scale_names_the_remedy(tiny_backbone: Pat
     )
     with pytest.raises(ValueError, match="guidance_scale: null and no calibrated scale: run `fit`"):
         method.sample(2)
+
+
+def test_without_real_images_the_quality_cost_is_the_drift_from_unguided_samples(
+    tiny_sd: Path, tiny_classifier: Path, tmp_path: Path
+) -> None:
+    """No train_data: ADPs and calibration on generated images; calibration batches take the prompts in turn."""
+    from lightning_fair.data.prompt_sets import batch_prompt
+    from lightning_fair.methods.conditions import Prompts
+
+    prompts = Prompts(neutral=["a photo of a nurse", "a photo of a pilot"])
+    method = HSpaceSampleGuidance(
+        str(tiny_sd),
+        str(tiny_classifier),
+        target_distributions={"Male": [0.5, 0.5]},
+        sampler={"num_inference_steps": 2},
+        prompts=prompts,
+        guidance_scale=None,
+        calibration_scales=[0.0, 300.0],
+        calibration_samples=4,
+    )
+    requested = []
+    sample = method.sample
+
+    def recording_sample(indices: torch.Tensor) -> tuple:
+        requested.append(batch_prompt(indices))
+        return sample(indices)
+
+    method.sample = recording_sample
+    data = GenerationRequests(num_samples=2, batch_size=2, calibration_samples=1)
+    trainer = Trainer(max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.fit(method, data)
+    assert requested == [0, 1, 0, 1]  # two scales, two batches of 2, prompt by prompt
+    search = method.scale_search
+    assert search.reference == "samples of guidance_scale 0"
+    assert search.fid_cls[0] == pytest.approx(0.0, abs=1e-3)  # the unguided samples against themselves
+    choice = json.loads((tmp_path / "guidance_scale_curve.json").read_text())
+    assert choice["fid_cls_reference"] == "samples of guidance_scale 0"

@@ -3,6 +3,7 @@
 from lightning_fair.methods.attribute_switching import AttributeSwitching
 from lightning_fair.methods.base import DebiasingMethod, method_registry
 from lightning_fair.methods.conditions import Prompts
+from lightning_fair.methods.fair_diffusion import FairDiffusion
 from lightning_fair.methods.hspace import (
     AttributeDistributionPredictor,
     DistributionGuidance,
@@ -19,6 +20,7 @@ __all__ = [
     "ConditionalSampling",
     "DebiasingMethod",
     "DistributionGuidance",
+    "FairDiffusion",
     "HSpaceGuidance",
     "HSpaceSampleGuidance",
     "InvDiff",

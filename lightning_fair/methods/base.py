@@ -58,6 +58,8 @@ class DebiasingMethod(ClassConditions, RunHooks, CheckpointHygiene, LightningMod
     #: Whether a sample depends on the other samples of its batch (a batch statistic, as Distribution Guidance's
     #: distribution); otherwise sample ``i`` is the same in any batch.
     batch_level: ClassVar[bool] = False
+    #: The conditionings of the backbones the method works on (``none``, ``class``, ``text``).
+    conditionings: ClassVar[tuple[str, ...]] = ("none", "class", "text")
 
     def __init__(
         self, backbone: str, sampler: SamplerConfig | None = None, seed: int = 0, prompts: Prompts | None = None

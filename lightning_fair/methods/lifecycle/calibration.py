@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from lightning_fair.classifiers import AttributeClassifier
+from lightning_fair.data.prompt_sets import sample_indices
 from lightning_fair.diffusion.seeding import seed_of
 from lightning_fair.methods.lifecycle.diagnostics import curve_files, write_report
 from lightning_fair.metrics.feature_distance import frechet_distance
@@ -35,10 +36,12 @@ class ScaleSearch:
         option: the searched option (e.g. ``guidance_scale``), for the log and the curve.
         scales: the candidate scales, ascending.
         fd: at each scale, the largest FD (L2) of a guided attribute's predicted distribution to its target.
-        fid_cls: at each scale, the Fréchet distance of the samples' classifier features to the reference images.
+        fid_cls: at each scale, the Fréchet distance of the samples' classifier features to the reference.
         tolerance: the FD a scale must reach (see :func:`fd_tolerance`).
         chosen: the chosen scale.
         reached: whether some scale reached the tolerance (else ``chosen`` has the smallest FD).
+        reference: what ``fid_cls`` is measured against: ``val images``, or the samples of the
+            smallest scale (``samples of guidance_scale 0``) when the method has no real images.
     """
 
     option: str
@@ -48,11 +51,18 @@ class ScaleSearch:
     tolerance: float
     chosen: float
     reached: bool
+    reference: str = "val images"
 
     def write(self, folder: Path) -> list[Path]:
         """Writes ``<option>_curve.csv``, ``.png`` and ``.json`` (the choice, ``reached``) into ``folder``."""
         stem = f"{self.option}_curve"
-        choice = {"option": self.option, "chosen": self.chosen, "reached": self.reached, "tolerance": self.tolerance}
+        choice = {
+            "option": self.option,
+            "chosen": self.chosen,
+            "reached": self.reached,
+            "tolerance": self.tolerance,
+            "fid_cls_reference": self.reference,
+        }
         write_report(folder / f"{stem}.json", choice)
         verdict = "least fid_cls within tolerance" if self.reached else "target not reached: least FD"
         write_curve(
@@ -60,7 +70,7 @@ class ScaleSearch:
             stem,
             self.option,
             self.scales,
-            {"FD to target": self.fd, "fid_cls": self.fid_cls},
+            {"FD to target": self.fd, f"fid_cls to {self.reference}": self.fid_cls},
             self.chosen,
             f"{self.option} search: {self.chosen:g} ({verdict})",
             log_x=True,
@@ -71,7 +81,7 @@ class ScaleSearch:
     def summary(self) -> str:
         """One line for the log: the choice and why."""
         index = self.scales.index(self.chosen)
-        measured = f"FD {self.fd[index]:.4f}, fid_cls {self.fid_cls[index]:.2f}"
+        measured = f"FD {self.fd[index]:.4f}, fid_cls {self.fid_cls[index]:.2f} to the {self.reference}"
         if self.reached:
             return (
                 f"{self.option} = {self.chosen:g} ({measured}): of the scales whose FD is within {self.tolerance:.4f} "
@@ -121,13 +131,14 @@ def search_scale(
     batch_size: int,
     classifier: AttributeClassifier,
     targets: dict[str, Tensor],
-    reference: Tensor,
+    reference: Tensor | None,
 ) -> ScaleSearch:
     """Samples ``num_samples`` calibration images at each scale and chooses one (see :func:`choose_scale`).
 
     Every scale sees the same calibration samples (same noise, same drawn conditions), in global batches of
     ``batch_size`` split among the processes as ``test`` splits them; the counts and features are gathered, so
-    every process measures the same curve and chooses the same scale.
+    every process measures the same curve and chooses the same scale. With a prompt set, successive batches take
+    successive prompts (a batch never mixes them).
 
     Args:
         method: a :class:`~lightning_fair.methods.base.DebiasingMethod`.
@@ -138,7 +149,8 @@ def search_scale(
         batch_size: the global batch size of sampling (the strength of batch-level guidance depends on it).
         classifier: predicts the guided attributes and gives the features of ``fid_cls``.
         targets: the target distribution of each guided attribute.
-        reference: classifier features of real reference images.
+        reference: classifier features of real reference images; ``None``: the samples of the smallest scale (the
+            quality cost is then the drift from the least guided samples).
     """
     scales = sorted({float(scale) for scale in scales})
     world = method.trainer.world_size if method._trainer is not None else 1
@@ -147,6 +159,8 @@ def search_scale(
     if not scales or scales[0] < 0:
         raise ValueError(f"Option 'calibration_scales' must list non-negative scales, got {scales}")
     fd, fid_cls = [], []
+    against = "val images" if reference is not None else f"samples of {option} {scales[0]:g}"
+    num_prompts = getattr(method, "num_prompts", 1)
     backbone = method.backbone
     generated = classifier.inputs_from(
         backbone.center_crop_fraction, f"the images of the backbone '{backbone.reference}'"
@@ -156,8 +170,8 @@ def search_scale(
             set_scale(scale)
             counts = {name: torch.zeros(len(target), device=method.device) for name, target in targets.items()}
             features = []
-            for start in range(0, num_samples, batch_size):
-                batch = torch.arange(start, min(start + batch_size, num_samples))
+            for number, start in enumerate(range(0, num_samples, batch_size)):
+                batch = sample_indices(number % num_prompts, torch.arange(start, min(start + batch_size, num_samples)))
                 share = torch.tensor_split(batch, world)[rank]
                 if len(share) == 0:
                     method.join_empty_batch()
@@ -167,8 +181,9 @@ def search_scale(
                 for name, column in columns.items():
                     counts[name] += torch.bincount(predictions[:, column], minlength=len(targets[name])).float()
                 features.append(classifier.features(images).float())
-            local = torch.cat(features) if features else reference.new_zeros((0, reference.shape[1]))
+            local = torch.cat(features) if features else torch.zeros((0, classifier.feature_dim), device=method.device)
             gathered = gather_rows(local.to(method.device)).cpu()
+            reference = gathered if reference is None else reference
             distances = []
             for name, target in targets.items():
                 total = sum_over_processes(counts[name]).cpu()
@@ -177,7 +192,7 @@ def search_scale(
             fid_cls.append(float(frechet_distance(reference.double(), gathered.double())))
     tolerance = fd_tolerance(list(targets.values()), num_samples)
     chosen, reached = choose_scale(scales, fd, fid_cls, tolerance)
-    result = ScaleSearch(option, scales, fd, fid_cls, tolerance, chosen, reached)
+    result = ScaleSearch(option, scales, fd, fid_cls, tolerance, chosen, reached, against)
     (rank_zero_info if reached else rank_zero_warn)(f"{type(method).__name__}: {result.summary()}")
     return result
 
@@ -200,24 +215,24 @@ def calibrate(
     """Runs :func:`search_scale` at the end of a method's ``fit``, sets and logs the choice, writes the curve.
 
     The method's ``classifier`` labels the samples; the quality cost is measured against the val split of the
-    training images (classifier features cached beside the data); ``batch_size`` defaults to the generation
-    requests' (the one the method samples with), ``num_samples`` to their ``calibration_samples``.
+    training images (classifier features cached beside the data) or, without training images, against the samples
+    of the smallest scale; ``batch_size`` defaults to the generation requests' (the one the method samples with),
+    ``num_samples`` to their ``calibration_samples``.
     """
     trainer, data = method.trainer, method.image_data()
     batch_size = batch_size or getattr(trainer.datamodule, "batch_size", None)
     num_samples = num_samples or getattr(trainer.datamodule, "calibration_samples", None)
-    if data is None or batch_size is None or num_samples is None:
+    if batch_size is None or num_samples is None:
         raise ValueError(
-            f"{type(method).__name__} calibrates '{option}' in fit on the training images' val split and the "
-            "generation requests' batch size and calibration_samples: give GenerationRequests(train_data=...) as "
-            "the data"
+            f"{type(method).__name__} calibrates '{option}' in fit with the generation requests' batch size and "
+            "calibration_samples: give GenerationRequests as the data (or set the calibration's own)"
         )
     features = None
-    if trainer.is_global_zero:
+    if data is not None and trainer.is_global_zero:
         data.prepare_data()
         with method.classifier.inputs_from(data.center_crop_fraction, f"the images of '{data.root}'"):
             features = reference_features(method.classifier, data.dataset("val"), data.root / ".cache")
-    reference = trainer.strategy.broadcast(features, src=0)
+    reference = trainer.strategy.broadcast(features, src=0) if data is not None else None
     was_training = method.training
     method.eval()
     try:

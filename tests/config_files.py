@@ -16,6 +16,7 @@ HOME_SETUP = {  # the setup a config is shown with first in its header (the defa
     "pretrain_latent": "synthetic_faces_sd",
     "pretrain_clip": "synthetic_faces_sd",
     "fair_diffusion": "synthetic_faces_sd",
+    "uce": "synthetic_faces_sd",
 }
 
 

@@ -181,6 +181,7 @@ def tiny_setup(tiny_backbone: Path, tiny_classifier: Path, faces_root: Path, tmp
                 "attribute_switching": {"model": {"init_args": {"search_steps": 4}}},
                 "invdiff": {"model": {"init_args": {"delta_channels": [8, 16]}}},
                 "fair_diffusion": {"model": {"init_args": {"edit_warmup_steps": 1}}},
+                "uce": {"model": {"init_args": {"iterations": 2, "images_per_concept": 4}}},
             },
         }
         path = tmp_path / "tiny_setup.yaml"

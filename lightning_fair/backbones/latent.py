@@ -121,6 +121,23 @@ class LatentTextToImageBackbone(DiffusionBackbone):
         rows = torch.tensor([position[prompt] for prompt in prompts], dtype=torch.long, device=device)
         return embeddings[rows]
 
+    def last_word_embeddings(self, texts: list[str]) -> Tensor:
+        """``(N, D)``: each text's text-encoder embedding at its last word token (the one before the end token).
+
+        It is the embedding the UNet's cross-attention reads for the word in that context (the text encoder is
+        causal), as Unified Concept Editing takes its keys.
+        """
+        tokens = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        embeddings = self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]
+        last = (tokens.attention_mask.sum(dim=1) - 2).clamp(min=0).to(embeddings.device)
+        return embeddings[torch.arange(len(texts), device=embeddings.device), last]
+
     def null_condition(self, batch_size: int, device: torch.device | str) -> Condition:
         """Embeddings of the empty prompt."""
         return self.prompt_condition([""] * batch_size).to(device)

@@ -2,6 +2,7 @@
 
 from lightning_fair.methods.attribute_switching import AttributeSwitching
 from lightning_fair.methods.base import DebiasingMethod, method_registry
+from lightning_fair.methods.concept_editing import UnifiedConceptEditing
 from lightning_fair.methods.conditions import Prompts
 from lightning_fair.methods.fair_diffusion import FairDiffusion
 from lightning_fair.methods.hspace import (
@@ -27,5 +28,6 @@ __all__ = [
     "PlainSampling",
     "Prompts",
     "SelfGuidance",
+    "UnifiedConceptEditing",
     "method_registry",
 ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -36,16 +38,17 @@ class LatentTextToImageBackbone(DiffusionBackbone):
     """
 
     conditioning = "text"
+    components: tuple[str, ...] = LATENT_COMPONENTS
+    layout: str = LATENT_LAYOUT
 
     def __init__(self, reference: str, folder: Path, precision: str = "auto") -> None:
         super().__init__(reference)
-        missing = [name for name in LATENT_COMPONENTS if not (folder / name).is_dir()]
+        missing = [name for name in self.components if not (folder / name).is_dir()]
         if missing:
             raise ValueError(
                 f"Option 'backbone': '{folder}' has no {', '.join(f'{name}/' for name in missing)}; expected "
-                f"{LATENT_LAYOUT}"
+                f"{self.layout}"
             )
-        from transformers import CLIPTextModel, CLIPTokenizer
 
         def load(name: str, loader: type, **options: object) -> object:
             try:
@@ -58,8 +61,7 @@ class LatentTextToImageBackbone(DiffusionBackbone):
 
         self.unet = load("unet", UNet2DConditionModel, low_cpu_mem_usage=False)
         self.vae = load("vae", AutoencoderKL, low_cpu_mem_usage=False)
-        self.text_encoder = load("text_encoder", CLIPTextModel)
-        self.tokenizer = load("tokenizer", CLIPTokenizer)
+        self._load_text_encoders(load)
         self.scheduler_config = dict(DDPMScheduler.load_config(folder / "scheduler"))
         record = read_record(folder)
         self.center_crop_fraction = record.get("center_crop_fraction")
@@ -70,6 +72,18 @@ class LatentTextToImageBackbone(DiffusionBackbone):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self._warned_prompts: set[str] = set()
         self._finish_setup()
+
+    def _load_text_encoders(self, load: Callable[[str, type], Any]) -> None:
+        """The text encoder and tokenizer (``load(component, class)`` reads a component folder)."""
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        self.text_encoder = load("text_encoder", CLIPTextModel)
+        self.tokenizer = load("tokenizer", CLIPTokenizer)
+
+    @property
+    def text_encoders(self) -> list[nn.Module]:
+        """The text encoders (moved to the UNet's precision with it)."""
+        return [self.text_encoder]
 
     @property
     def is_latent(self) -> bool:
@@ -87,7 +101,7 @@ class LatentTextToImageBackbone(DiffusionBackbone):
         half = self.precision == "auto" and torch.device(device).type == "cuda"
         dtype = torch.float16 if half else torch.float32
         if self.dtype != dtype:
-            for module in (self.unet, self.vae, self.text_encoder):
+            for module in (self.unet, self.vae, *self.text_encoders):
                 module.to(dtype)
 
     # ---------------------------------------------------------------------------------------------- images
@@ -104,19 +118,27 @@ class LatentTextToImageBackbone(DiffusionBackbone):
 
     # ------------------------------------------------------------------------------------------ conditions
 
+    def tokens(self, texts: list[str], tokenizer: Any = None) -> Any:
+        """``texts`` tokenised to the tokenizer's full length (padded, truncated), as tensors."""
+        tokenizer = tokenizer or self.tokenizer
+        return tokenizer(
+            texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )
+
+    def token_embeddings(self, texts: list[str]) -> Tensor:
+        """``(N, L, D)``: the per-token embeddings the UNet's cross-attention reads for ``texts``."""
+        return self.text_encoder(self.tokens(texts).input_ids.to(self.text_encoder.device))[0]
+
+    def encode_prompts(self, texts: list[str]) -> Tensor:
+        """The condition of each of ``texts`` (the token embeddings here; a subclass may add to them)."""
+        return self.token_embeddings(texts)
+
     def prompt_condition(self, prompts: list[str]) -> Condition:
-        """Text-encoder embeddings ``(B, L, D)`` of ``prompts``, each distinct prompt encoded once."""
+        """The condition ``(B, L, D)`` of ``prompts`` (:meth:`encode_prompts`), each distinct prompt encoded once."""
         device = self.text_encoder.device
         distinct = sorted(set(prompts))
-        tokens = self.tokenizer(
-            distinct,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
         self._warn_truncated(distinct)
-        embeddings = self.text_encoder(tokens.input_ids.to(device))[0]
+        embeddings = self.encode_prompts(distinct)
         position = {prompt: row for row, prompt in enumerate(distinct)}
         rows = torch.tensor([position[prompt] for prompt in prompts], dtype=torch.long, device=device)
         return embeddings[rows]
@@ -127,15 +149,8 @@ class LatentTextToImageBackbone(DiffusionBackbone):
         It is the embedding the UNet's cross-attention reads for the word in that context (the text encoder is
         causal), as Unified Concept Editing takes its keys.
         """
-        tokens = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        embeddings = self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]
-        last = (tokens.attention_mask.sum(dim=1) - 2).clamp(min=0).to(embeddings.device)
+        embeddings = self.token_embeddings(texts)
+        last = (self.tokens(texts).attention_mask.sum(dim=1) - 2).clamp(min=0).to(embeddings.device)
         return embeddings[torch.arange(len(texts), device=embeddings.device), last]
 
     def null_condition(self, batch_size: int, device: torch.device | str) -> Condition:

@@ -76,6 +76,14 @@ def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised, tiny SDXL pipeline folder (two text encoders, 32x32 images, 4x8x8 latents)."""
+    from latent_model import write_tiny_xl_pipeline
+
+    return write_tiny_xl_pipeline(tmp_path_factory.mktemp("models") / "sdxl")
+
+
+@pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised, tiny attribute classifier of Male and Blond_Hair, as a pretrained folder."""
     torch.manual_seed(0)

@@ -25,38 +25,29 @@ def character_tokenizer(folder: Path, max_length: int = 32) -> Path:
     return folder
 
 
-def write_tiny_pipeline(folder: Path, prediction_type: str = "epsilon") -> Path:
-    """Writes a randomly initialised text-to-image pipeline: 32x32 images, 4x8x8 latents, a 2-layer text encoder."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def tiny_text_encoder(tokenizer: object, projection: bool = False) -> torch.nn.Module:
+    """A 2-layer CLIP text encoder of width 16 over ``tokenizer`` (with a 16-wide projection if asked)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    torch.manual_seed(0)
-    tokenizer = CLIPTokenizer.from_pretrained(character_tokenizer(folder.parent / f"{folder.name}_tokenizer"))
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        projection_dim=16,
     )
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    )
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def tiny_vae_and_scheduler(prediction_type: str = "epsilon") -> tuple[torch.nn.Module, object]:
+    """A VAE of 32x32 images to 4x8x8 latents and Stable Diffusion's DDIM schedule."""
+    from diffusers import AutoencoderKL, DDIMScheduler
+
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -77,6 +68,37 @@ def write_tiny_pipeline(folder: Path, prediction_type: str = "epsilon") -> Path:
         steps_offset=1,
         prediction_type=prediction_type,
     )
+    return vae, scheduler
+
+
+def write_record(folder: Path) -> Path:
+    """The framework's record of a tiny pipeline: text-conditioned, its neutral prompt, 32x32 images."""
+    record = {"conditioning": {"kind": "text", "neutral_prompt": NEUTRAL_PROMPT}, "image_size": 32}
+    (folder / "lightning_fair.json").write_text(json.dumps(record))
+    return folder
+
+
+def write_tiny_pipeline(folder: Path, prediction_type: str = "epsilon") -> Path:
+    """Writes a randomly initialised text-to-image pipeline: 32x32 images, 4x8x8 latents, a 2-layer text encoder."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer.from_pretrained(character_tokenizer(folder.parent / f"{folder.name}_tokenizer"))
+    text_encoder = tiny_text_encoder(tokenizer)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    vae, scheduler = tiny_vae_and_scheduler(prediction_type)
     pipeline = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -88,9 +110,45 @@ def write_tiny_pipeline(folder: Path, prediction_type: str = "epsilon") -> Path:
         requires_safety_checker=False,
     )
     pipeline.save_pretrained(folder)
-    record = {"conditioning": {"kind": "text", "neutral_prompt": NEUTRAL_PROMPT}, "image_size": 32}
-    (folder / "lightning_fair.json").write_text(json.dumps(record))
-    return folder
+    return write_record(folder)
+
+
+def write_tiny_xl_pipeline(folder: Path) -> Path:
+    """Writes a randomly initialised SDXL pipeline: two text encoders (16 wide each), SDXL's added conditioning."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer.from_pretrained(character_tokenizer(folder.parent / f"{folder.name}_tokenizer"))
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,  # the two encoders side by side
+        attention_head_dim=4,
+        norm_num_groups=8,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=16 + 6 * 8,  # the pooled embedding and six size numbers
+    )
+    vae, scheduler = tiny_vae_and_scheduler()
+    pipeline = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=tiny_text_encoder(tokenizer),
+        text_encoder_2=tiny_text_encoder(tokenizer, projection=True),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        add_watermarker=False,
+    )
+    pipeline.save_pretrained(folder)
+    return write_record(folder)
 
 
 def write_tiny_clip(folder: Path, image_size: int = 24, patch_size: int = 8, projection_dim: int = 12) -> Path:

@@ -39,15 +39,16 @@ def method_config(name: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind", ["pixel", "text"])
+@pytest.mark.parametrize("kind", ["pixel", "text", "sdxl"])
 @pytest.mark.parametrize("name", PACKAGE_METHODS)
 def test_method_fits_if_needed_then_tests(
-    name: str, kind: str, tiny_setup: Callable[..., Path], tiny_sd: Path, tmp_path: Path
+    name: str, kind: str, tiny_setup: Callable[..., Path], tiny_sd: Path, tiny_sdxl: Path, tmp_path: Path
 ) -> None:
     """What a new method gets the day it is registered: its config fitted (if it needs a fit) and tested."""
     if kind == "pixel" and "class" not in method_registry()[name].conditionings:
         pytest.skip(f"{name} works on text-to-image backbones only")
-    setup = tiny_setup() if kind == "pixel" else tiny_setup(backbone=tiny_sd, prompts=TEXT_PROMPTS)
+    backbones = {"text": tiny_sd, "sdxl": tiny_sdxl}
+    setup = tiny_setup() if kind == "pixel" else tiny_setup(backbone=backbones[kind], prompts=TEXT_PROMPTS)
     cli = build_cli(["-c", str(setup), "-c", str(method_config(name)), *SHORT_RUN], run=False)
     method, trainer = cli.model, cli.trainer
     assert isinstance(method, DebiasingMethod)

@@ -181,11 +181,15 @@ class LatentTextToImageBackbone(DiffusionBackbone):
         unet = self.unet if unet is None else unet
         if condition is None:
             raise ValueError(f"'{self.reference}' is text-conditional: pass prompt embeddings")
-        options = {}
+        options = self.condition_inputs(condition.to(x.dtype), x)
         if down_residuals is not None:  # diffusers adds them only together with a mid residual (0 here: the
             # mid residual of AdapterInputs goes through the mid-block hook)
-            options = {
+            options |= {
                 "down_block_additional_residuals": tuple(r.to(x.dtype) for r in down_residuals),
                 "mid_block_additional_residual": torch.zeros((), dtype=x.dtype, device=x.device),
             }
-        return unet(x, t, encoder_hidden_states=condition.to(x.dtype), **options).sample
+        return unet(x, t, **options).sample
+
+    def condition_inputs(self, condition: Tensor, x: Tensor) -> dict[str, Any]:
+        """The UNet's keyword inputs of a condition (here its token embeddings) for a batch ``x``."""
+        return {"encoder_hidden_states": condition}

@@ -91,26 +91,10 @@ class LatentXLBackbone(LatentTextToImageBackbone):
         width = self.text_encoder.config.hidden_size + self.text_encoder_2.config.hidden_size
         return torch.zeros(batch_size, length, width, dtype=self.text_encoder.dtype, device=device)
 
-    def _unet_output(
-        self,
-        x: Tensor,
-        t: Tensor,
-        condition: Condition,
-        down_residuals: tuple[Tensor, ...] | None,
-        unet: nn.Module | None = None,
-    ) -> Tensor:
-        unet = self.unet if unet is None else unet
-        if condition is None:
-            raise ValueError(f"'{self.reference}' is text-conditional: pass prompt embeddings")
-        condition = condition.to(x.dtype)
+    def condition_inputs(self, condition: Tensor, x: Tensor) -> dict[str, Any]:
+        """The token embeddings, and as added conditioning the pooled embedding and the sizes (see the class)."""
         pooled_width = self.text_encoder_2.config.projection_dim
         height, width = self.image_shape[1:]
         sizes = torch.tensor([height, width, 0, 0, height, width], dtype=x.dtype, device=x.device)
         added = {"text_embeds": condition[:, -1, :pooled_width], "time_ids": sizes.expand(len(x), 6)}
-        options: dict[str, Any] = {}
-        if down_residuals is not None:  # as LatentTextToImageBackbone: a zero mid residual goes with them
-            options = {
-                "down_block_additional_residuals": tuple(r.to(x.dtype) for r in down_residuals),
-                "mid_block_additional_residual": torch.zeros((), dtype=x.dtype, device=x.device),
-            }
-        return unet(x, t, encoder_hidden_states=condition[:, :-1], added_cond_kwargs=added, **options).sample
+        return {"encoder_hidden_states": condition[:, :-1], "added_cond_kwargs": added}

@@ -28,6 +28,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import threading
@@ -212,16 +213,24 @@ def time_sampling(
         return seconds, watcher.peak - before
 
 
-def diffusers_call(folder: Path, architecture: str, device: torch.device, arguments: argparse.Namespace) -> Callable:
-    """Diffusers' own pipeline of the folder, sampling the benchmark's batch."""
+def time_pipeline(folder: Path, device: torch.device, arguments: argparse.Namespace) -> tuple[float, float]:
+    """Diffusers' own pipeline of the folder sampling the benchmark's batch: its time and peak memory.
+
+    The pipeline is loaded for this measurement only, so that no two copies of the model are ever held at once.
+    """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    kind = StableDiffusionPipeline if architecture == "sd15" else StableDiffusionXLPipeline
+    kind = StableDiffusionPipeline if arguments.architecture == "sd15" else StableDiffusionXLPipeline
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     pipeline = kind.from_pretrained(folder, dtype=dtype).to(device)
     pipeline.set_progress_bar_config(disable=True)
     options = {"num_inference_steps": arguments.steps, "guidance_scale": arguments.cfg_scale, "output_type": "pt"}
-    return lambda: pipeline([PROMPTS["neutral"]] * arguments.batch_size, **options)
+    call = functools.partial(pipeline, [PROMPTS["neutral"]] * arguments.batch_size, **options)
+    measured = time_sampling(call, device, arguments.warmup, arguments.repeats)
+    del pipeline, call
+    gc.collect()
+    print(f"pipeline: {measured[0]:.1f} s, peak {measured[1]:.0f} MiB", flush=True)
+    return measured
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -256,8 +265,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise SystemExit(f"error: --methods names no registered method: {unknown}; registered: {sorted(registry)}")
     names = ["plain", *(name for name in names if name != "plain")]
     sampler = {"num_inference_steps": arguments.steps, "cfg_scale": arguments.cfg_scale, "eta": 0.0}
-    pipeline = diffusers_call(folder, arguments.architecture, device, arguments)
-    reference = [time_sampling(pipeline, device, arguments.warmup, arguments.repeats)]
+    reference = [time_pipeline(folder, device, arguments)]
     rows = []
     for name in names:
         method = registry[name](**method_options(name, str(folder), sampler)).to(device)
@@ -269,7 +277,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(f"{name}: {seconds:.1f} s, peak {peak:.0f} MiB", flush=True)
         del method
         gc.collect()
-    reference.append(time_sampling(pipeline, device, arguments.warmup, arguments.repeats))
+    reference.append(time_pipeline(folder, device, arguments))
     pipeline_seconds = sum(seconds for seconds, _ in reference) / len(reference)
     plain = rows[0]["seconds"]
     for row in rows:

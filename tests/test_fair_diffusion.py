@@ -10,7 +10,7 @@ import torch
 from lightning_fair.diffusion import Step
 from lightning_fair.methods import FairDiffusion, PlainSampling
 from lightning_fair.methods.conditions import Prompts
-from lightning_fair.methods.fair_diffusion import semantic_guidance
+from lightning_fair.methods.fair_diffusion import last_axis_quantile, semantic_guidance
 
 PROMPTS = Prompts(neutral="a photo of a person", classes=["a photo of a woman", "a photo of a man"], attribute="Male")
 
@@ -24,6 +24,12 @@ def test_each_edit_keeps_its_largest_values_per_sample_and_channel() -> None:
     # the null prediction is subtracted before the threshold
     shifted = semantic_guidance(edit_eps + 1, torch.ones(1, 1, 2, 2), signs, scale=2.0, threshold=0.5)
     assert torch.equal(shifted, combined)
+
+
+def test_the_quantile_is_torchs_linear_one() -> None:
+    values = torch.randn(3, 4, 101, generator=torch.Generator().manual_seed(0))
+    for quantile in (0.0, 0.5, 0.95, 0.999):
+        torch.testing.assert_close(last_axis_quantile(values, quantile), torch.quantile(values, quantile, dim=-1))
 
 
 def test_momentum_builds_during_the_warm_up_and_the_edit_starts_after_it(tiny_sd: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -45,10 +46,19 @@ def semantic_guidance(edit_eps: Tensor, null_eps: Tensor, signs: Tensor, scale: 
         ``(B, C, H, W)``: the sum over edits.
     """
     terms = scale * signs[:, :, None, None, None] * (edit_eps - null_eps.unsqueeze(0))
-    flat = terms.flatten(start_dim=3).abs().float()
-    cutoff = torch.quantile(flat, threshold, dim=3, keepdim=True).to(terms.dtype)
-    kept = torch.where(terms.flatten(start_dim=3).abs() >= cutoff, terms.flatten(start_dim=3), 0.0)
+    flat = terms.flatten(start_dim=3)
+    cutoff = last_axis_quantile(flat.abs().float(), threshold).to(terms.dtype)
+    kept = torch.where(flat.abs() >= cutoff.unsqueeze(-1), flat, 0.0)
     return kept.view_as(terms).sum(dim=0)
+
+
+def last_axis_quantile(values: Tensor, quantile: float) -> Tensor:
+    """``torch.quantile(values, quantile, dim=-1)`` (linear interpolation) without its limit on the input's size."""
+    position = quantile * (values.shape[-1] - 1)
+    low = math.floor(position)
+    ordered = values.sort(dim=-1).values
+    lower, upper = ordered[..., low], ordered[..., math.ceil(position)]
+    return lower + (upper - lower) * (position - low)
 
 
 class FairDiffusion(DebiasingMethod):

@@ -225,6 +225,9 @@ def test_checks_of_hand_made_rows(tmp_path: Path) -> None:
     failed = {(check.name, check.methods) for check in report_checks(rows, None) if not check.passed}
     assert ("classifier", ("plain", "conditional", "distribution_guidance")) in failed
     assert not any(name == "agreement" for name, _ in failed)
+    rows[2]["has_reference"] = False  # no reference images: no distance to miss
+    failed = {(check.name, check.methods) for check in report_checks(rows, None) if not check.passed}
+    assert ("metrics", ("distribution_guidance",)) not in failed
 
 
 def test_the_per_prompt_table_of_hand_made_rows() -> None:

@@ -59,7 +59,9 @@ def report_checks(rows: list[dict[str, Any]], backbone: BackboneVerdict | None) 
             at_chance = (row["agreement"] - chance) / (1 - chance) < CHANCE_GAIN
             detail = f"{method}: agreement {row['agreement']:.3f} with its requested classes (chance {chance:.2f})"
             checks.append(ReportCheck("agreement", not at_chance, detail, (method,)))
-        values = {"fd": row.get("fd"), f"fid_{row.get('feature_space', 'cls')}": quality(row, "fid")}
+        values = {"fd": row.get("fd")}
+        if row.get("has_reference", True):  # without reference images no distance is computed: none is missing
+            values[f"fid_{row.get('feature_space', 'cls')}"] = quality(row, "fid")
         undefined = [name for name, value in values.items() if value is None]
         if undefined:
             checks.append(ReportCheck("metrics", False, f"{method}: {', '.join(undefined)} undefined", (method,)))

@@ -212,6 +212,7 @@ def run_method(
         },
         "dp_gap": result.dp_gap,
         "feature_space": space,
+        "has_reference": evaluators[0].reference is not None,
         f"fid_{space}": None if result.quality is None else result.quality.fid,
         f"kid_{space}": None if result.quality is None else result.quality.kid,
         "clip_score": result.clip_score,

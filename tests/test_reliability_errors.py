@@ -30,7 +30,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 UNET_EXPECTED = (
     "expected a diffusers UNet2DModel folder (config.json and diffusion_pytorch_model.safetensors) or a pipeline "
     "folder with one in unet/, or a StableDiffusionPipeline folder (model_index.json and unet/, vae/, text_encoder/, "
-    "tokenizer/, scheduler/, as written by StableDiffusionPipeline.save_pretrained)"
+    "tokenizer/, scheduler/, as written by StableDiffusionPipeline.save_pretrained), or a StableDiffusionXLPipeline "
+    "folder (model_index.json and unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/, "
+    "as written by StableDiffusionXLPipeline.save_pretrained)"
 )
 UNREADABLE = (
     "is not a readable checkpoint (UnpicklingError); expected a file written by Lightning or torch.save holding "

@@ -70,9 +70,9 @@ class ScaleSearch:
             stem,
             self.option,
             self.scales,
-            {"FD to target": self.fd, f"fid_cls to {self.reference}": self.fid_cls},
+            {"FD to target": self.fd, "fid_cls": self.fid_cls},
             self.chosen,
-            f"{self.option} search: {self.chosen:g} ({verdict})",
+            f"{self.option} search: {self.chosen:g} ({verdict}; fid_cls to the {self.reference})",
             log_x=True,
             level=("tolerance", self.tolerance),
         )

@@ -11,8 +11,9 @@ method the table gives:
 
 - ``seconds``: the timed batch;
 - ``vs plain`` and ``vs pipeline``: its time over plain's and over the pipeline's (1.0: as fast);
-- ``UNet parts``: UNet evaluations per step and sample it makes by design (classifier-free guidance: 2; Fair
-  Diffusion: 2 plus one per edit prompt; InvDiff: 2 frozen plus 2 of its delta UNet), the cost it should have;
+- ``UNet parts``: UNet evaluations per step and sample it makes by design (classifier-free guidance: 2, else 1;
+  Fair Diffusion: the prompt, the null prompt and one per edit prompt; InvDiff: its delta UNet's as many again), the
+  cost it should have;
 - ``peak MiB``: on CUDA, ``torch.cuda.max_memory_allocated`` while sampling (reset per method, the model included);
   on CPU, the largest resident set seen while sampling, sampled every 50 ms, minus the one before it.
 
@@ -170,9 +171,14 @@ def method_options(name: str, folder: str, sampler: dict[str, Any]) -> dict[str,
     return {**base, **extra.get(name, {})}
 
 
-def unet_parts(name: str) -> int:
-    """UNet evaluations per step and sample the method makes by design, under classifier-free guidance."""
-    return {"fair_diffusion": 4, "invdiff": 4}.get(name, 2)
+def unet_parts(name: str, guided: bool) -> int:
+    """UNet evaluations per step and sample the method makes by design (``guided``: classifier-free guidance on)."""
+    branches = 2 if guided else 1
+    if name == "fair_diffusion":
+        return 4  # the prompt, the null prompt and the two edit prompts, whatever the guidance
+    if name == "invdiff":
+        return 2 * branches  # the frozen UNet and its delta UNet
+    return branches
 
 
 class PeakResidentSet:
@@ -273,7 +279,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         seconds, peak = time_sampling(
             lambda m=method: m.sample(torch.arange(arguments.batch_size)), device, arguments.warmup, arguments.repeats
         )
-        rows.append({"method": name, "seconds": seconds, "peak_mib": peak, "unet_parts": unet_parts(name)})
+        rows.append(
+            {
+                "method": name,
+                "seconds": seconds,
+                "peak_mib": peak,
+                "unet_parts": unet_parts(name, arguments.cfg_scale != 1.0),
+            }
+        )
         print(f"{name}: {seconds:.1f} s, peak {peak:.0f} MiB", flush=True)
         del method
         gc.collect()

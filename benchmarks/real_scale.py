@@ -159,9 +159,10 @@ def method_options(name: str, folder: str, sampler: dict[str, Any]) -> dict[str,
 
     base = {"backbone": folder, "sampler": sampler, "prompts": Prompts(**PROMPTS)}
     target = {"Male": [0.5, 0.5]}
+    guided = {"classifier": CLASSIFIER, "target_distributions": target, "first_guided_step": 0}  # every step guides
     extra = {
-        "distribution_guidance": {"classifier": CLASSIFIER, "target_distributions": target, "guidance_scale": 15.0},
-        "h_sample_guidance": {"classifier": CLASSIFIER, "target_distributions": target, "guidance_scale": 4.0},
+        "distribution_guidance": {**guided, "guidance_scale": 15.0},
+        "h_sample_guidance": {**guided, "guidance_scale": 4.0},
         "attribute_switching": {"tau": 500, "search_steps": 50},
         "self_guidance": {"classifier": None, "target_distributions": None, "calibration_scales": None},
         "invdiff": {"delta_channels": None},  # the official regime: a delta UNet of the backbone's own widths

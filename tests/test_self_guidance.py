@@ -21,7 +21,9 @@ from lightning_fair.methods.self_guidance.clusters import (
     assign_clusters,
     cluster_composition,
     cluster_frequencies,
+    find_modes,
     labelled_members,
+    mode_balanced_weights,
 )
 
 
@@ -35,6 +37,37 @@ def test_kmeans_finds_separated_clusters_and_assigns_as_it_fitted() -> None:
     for cluster in range(3):  # each cluster is one true group
         assert len(set(truth[assignments == cluster].tolist())) == 1
     assert torch.equal(assign_clusters(features, centroids), assignments)
+
+
+def test_modes_are_the_dense_groups_whatever_their_size_and_weigh_alike() -> None:
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.eye(8)[:3] * 4
+    sizes = [600, 60, 240]  # a 10:1 imbalance between the first two
+    truth = torch.arange(3).repeat_interleave(torch.tensor(sizes))
+    features = centres[truth] + 0.3 * torch.randn(len(truth), 8, generator=generator) + 1.0
+    modes = find_modes(features, min_share=0.02, seed=0)
+    found = modes[modes >= 0]
+    assert int(found.max()) + 1 == 3
+    for group in range(3):  # each group is one mode, and no mode mixes groups
+        assert len(set(modes[(truth == group) & (modes >= 0)].tolist())) == 1
+    _, assignments = fit_clusters(features, 9, seed=0)  # k-means splits the large group into many clusters
+    weights = mode_balanced_weights(assignments, modes, 9)
+    group_weights = torch.stack([weights[assignments[truth == group].unique()].sum() for group in range(3)])
+    torch.testing.assert_close(group_weights, torch.full((3,), 1 / 3, dtype=torch.float64))
+    uniform_share = len(assignments[truth == 1].unique()) / 9
+    assert uniform_share < 0.2  # a uniform draw over the k-means clusters gives the small group far less
+
+
+def test_mode_balanced_weights_by_hand() -> None:
+    assignments = torch.tensor([0, 0, 1, 1, 1, 2])
+    modes = torch.tensor([0, 0, 0, 1, 1, -1])  # the last image lies between the modes
+    weights = mode_balanced_weights(assignments, modes, 3)
+    torch.testing.assert_close(weights, torch.tensor([1 / 3, 2 / 3, 0.0], dtype=torch.float64))
+
+
+def test_no_mode_is_one_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"Option 'mode_min_share' \(0.9\): no density mode of at least 9 images"):
+        find_modes(torch.randn(10, 4), min_share=0.9, seed=0)
 
 
 def test_more_clusters_than_images_is_refused() -> None:
@@ -162,16 +195,20 @@ def test_fit_clusters_trains_the_embedding_only_and_tests(self_guidance_config: 
     main(["fit", "-c", str(config)])
     clusters = KeyedRows.load(tmp_path / "clusters.safetensors", "clusters_file", "clusters")
     assert len(clusters.indices) == 240
-    assert set(clusters.tensors) == {"assignments"}  # no label went into fit
+    assert set(clusters.tensors) == {"assignments", "modes"}  # no label went into fit
     assert clusters.tensors["assignments"].max() < 4
     assert clusters.provenance["features"].startswith("hspace")
     report = (tmp_path / "clusters.json").read_text()
     assert '"share_Male"' in report
     checkpoint = torch.load(tmp_path / "self_guidance" / "checkpoints" / "last.ckpt", weights_only=True)
     keys = set(checkpoint["state_dict"])
-    assert keys == {"cluster_frequencies"} | {key for key in keys if key.startswith("embedding.")}
+    assert keys == {"cluster_frequencies", "mode_weights"} | {key for key in keys if key.startswith("embedding.")}
     torch.testing.assert_close(
         checkpoint["state_dict"]["cluster_frequencies"], cluster_frequencies(clusters.tensors["assignments"], 4).float()
+    )
+    torch.testing.assert_close(
+        checkpoint["state_dict"]["mode_weights"],
+        mode_balanced_weights(clusters.tensors["assignments"], clusters.tensors["modes"], 4).float(),
     )
     assert checkpoint["state_dict"]["embedding.layers.2.weight"].abs().sum() > 0  # it trained
     main(["test", "-c", str(config), "--ckpt_path", str(tmp_path / "self_guidance" / "checkpoints" / "last.ckpt")])

@@ -1,4 +1,4 @@
-"""Self-annotation by k-means, and the cluster draws that debias: data frequencies, uniform, or solved for a target."""
+"""Self-annotation by k-means and density modes; the cluster draws: data, uniform, uniform over modes, or a target."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize
-from sklearn.cluster import KMeans
+from sklearn.cluster import HDBSCAN, KMeans
+from sklearn.decomposition import PCA
 from sklearn.metrics import normalized_mutual_info_score
 from torch import Tensor
 
@@ -24,6 +25,53 @@ def fit_clusters(features: Tensor, num_clusters: int, seed: int) -> tuple[Tensor
     normalised = F.normalize(features.double(), dim=1).numpy()
     kmeans = KMeans(n_clusters=num_clusters, n_init=3, random_state=seed).fit(normalised)
     return torch.from_numpy(kmeans.cluster_centers_).float(), torch.from_numpy(kmeans.labels_).long()
+
+
+MODE_DIMENSIONS = 16
+
+
+def find_modes(features: Tensor, min_share: float, seed: int) -> Tensor:
+    """The density modes of the features: HDBSCAN's leaf clusters on their first principal components.
+
+    k-means gives each region of the data clusters in proportion to its mass, so a uniform draw over k-means clusters
+    carries the data's imbalance. HDBSCAN (Campello et al., 2013) finds the dense regions separated by sparse ones,
+    however many images each holds; its ``leaf`` selection keeps the finest of them. The L2-normalised features are
+    reduced to their first 16 principal components (density estimates fail in many dimensions).
+
+    Args:
+        features: ``(N, D)`` one row per image.
+        min_share: the smallest mode, as a share of the images.
+        seed: seed of the principal components' solver.
+
+    Returns:
+        Each image's mode ``(N,)``, ``-1`` for the images between modes.
+    """
+    normalised = F.normalize(features.double(), dim=1).numpy()
+    dimensions = min(MODE_DIMENSIONS, *normalised.shape)
+    reduced = PCA(dimensions, random_state=seed).fit_transform(normalised)
+    smallest = max(2, round(min_share * len(normalised)))
+    modes = HDBSCAN(min_cluster_size=smallest, cluster_selection_method="leaf", copy=True).fit(reduced).labels_
+    if modes.max() < 0:
+        raise ValueError(
+            f"Option 'mode_min_share' ({min_share}): no density mode of at least {smallest} images was found among "
+            f"{len(normalised)}; lower it"
+        )
+    return torch.from_numpy(modes).long()
+
+
+def mode_balanced_weights(assignments: Tensor, modes: Tensor, num_clusters: int) -> Tensor:
+    """Cluster draw weights that give every mode the same share: a mode drawn uniformly, then one of its images.
+
+    Returns:
+        ``(K,)`` the probability of each cluster, ``sum_m (1/M) * |mode m in cluster k| / |mode m|``; the images
+        between modes take no part.
+    """
+    in_mode = modes >= 0
+    counts = torch.zeros(int(modes.max()) + 1, num_clusters, dtype=torch.float64)
+    counts.index_put_(
+        (modes[in_mode], assignments[in_mode]), torch.ones(int(in_mode.sum()), dtype=torch.float64), accumulate=True
+    )
+    return (counts / counts.sum(dim=1, keepdim=True)).mean(dim=0)
 
 
 def assign_clusters(features: Tensor, centroids: Tensor) -> Tensor:

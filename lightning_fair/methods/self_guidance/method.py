@@ -65,7 +65,10 @@ class SelfGuidance(SelfAnnotation, TargetClusterWeights, DebiasingMethod):
     cluster is dropped to the null condition, no embedding, with probability ``condition_dropout``).
 
     At sampling each sample draws a cluster (``cluster_distribution``): ``data`` (the clusters' training frequencies,
-    which reproduce the bias), ``uniform`` (no attribute label anywhere) or ``target`` (weights solved so that the
+    which reproduce the bias), ``uniform`` (the paper's; no attribute label anywhere, but k-means gives each region of
+    the data clusters in proportion to its mass, so the draw keeps much of the bias), ``modes`` (no label either:
+    uniform over the data's density modes, found by HDBSCAN on the same features, then over each mode's images, so a
+    minority that forms its own mode gets a mode's share whatever its size) or ``target`` (weights solved so that the
     attribute distributions the clusters carry, from the ``classifier``'s labels of their members, match
     ``target_distributions``: labels, but no retraining). The sampler's classifier-free guidance (``cfg_scale``; the
     paper's default is 2 with the ``imagen`` formula) is on the cluster: both branches of its one batched call have the
@@ -94,7 +97,8 @@ class SelfGuidance(SelfAnnotation, TargetClusterWeights, DebiasingMethod):
         feature_weights: its local weights file.
         feature_batch_size: images per batch of the feature pass.
         num_clusters: ``K``.
-        cluster_distribution: ``data``, ``uniform`` or ``target``.
+        cluster_distribution: ``data``, ``uniform``, ``modes`` or ``target``.
+        mode_min_share: the smallest density mode of ``modes``, as a share of the training images.
         classifier: an ``AttributeClassifier`` for ``classifier`` features and ``target`` draws.
         target_distributions: per attribute of the classifier, the distribution the clusters must carry (``target``).
         labels_per_cluster: members of each cluster the classifier labels for ``target`` (all when ``None``).
@@ -128,7 +132,8 @@ class SelfGuidance(SelfAnnotation, TargetClusterWeights, DebiasingMethod):
         feature_weights: str | None = None,
         feature_batch_size: int = 64,
         num_clusters: int = 16,
-        cluster_distribution: Literal["data", "uniform", "target"] = "uniform",
+        cluster_distribution: Literal["data", "uniform", "modes", "target"] = "uniform",
+        mode_min_share: float = 0.005,
         classifier: str | None = None,
         target_distributions: dict[str, list[float]] | None = None,
         labels_per_cluster: int | None = None,
@@ -146,9 +151,10 @@ class SelfGuidance(SelfAnnotation, TargetClusterWeights, DebiasingMethod):
             raise ValueError("Option 'calibration_scales' needs a 'classifier' and 'target_distributions' to aim for")
         if features not in ("hspace", "timm", "classifier"):
             raise ValueError(f"Option 'features' must be 'hspace', 'timm' or 'classifier', got {features!r}")
-        if cluster_distribution not in ("data", "uniform", "target"):
+        if cluster_distribution not in ("data", "uniform", "modes", "target"):
             raise ValueError(
-                f"Option 'cluster_distribution' must be 'data', 'uniform' or 'target', got {cluster_distribution!r}"
+                "Option 'cluster_distribution' must be 'data', 'uniform', 'modes' or 'target', "
+                f"got {cluster_distribution!r}"
             )
         if num_clusters < 2:
             raise ValueError(f"Option 'num_clusters' (K) must be at least 2, got {num_clusters}")
@@ -163,6 +169,7 @@ class SelfGuidance(SelfAnnotation, TargetClusterWeights, DebiasingMethod):
             positive={
                 "feature_batch_size": feature_batch_size,
                 "learning_rate": learning_rate,
+                "mode_min_share": mode_min_share,
                 "labels_per_cluster": labels_per_cluster,
                 "calibration_samples": calibration_samples,
                 "calibration_batch_size": calibration_batch_size,
@@ -178,6 +185,7 @@ class SelfGuidance(SelfAnnotation, TargetClusterWeights, DebiasingMethod):
         self.feature_batch_size = feature_batch_size
         self.num_clusters = num_clusters
         self.cluster_distribution = cluster_distribution
+        self.mode_min_share = mode_min_share
         self.classifier_reference = classifier
         self.target_distributions = target_distributions or {}
         self.labels_per_cluster = labels_per_cluster
@@ -206,6 +214,7 @@ class SelfGuidance(SelfAnnotation, TargetClusterWeights, DebiasingMethod):
         if self.classifier_reference is not None:
             self.add_frozen("classifier", load_classifier(self.classifier_reference))
         self.register_buffer("cluster_frequencies", torch.full((self.num_clusters,), 1.0 / self.num_clusters))
+        self.register_buffer("mode_weights", torch.full((self.num_clusters,), 1.0 / self.num_clusters))
         for name, target in self.target_distributions.items():
             column = self.classifier.attribute_index(name, "target_distributions")
             validate_distribution(target, self.classifier.num_classes[column], f"target_distributions.{name}")

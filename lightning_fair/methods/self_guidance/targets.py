@@ -20,7 +20,7 @@ from lightning_fair.methods.self_guidance.clusters import (
 
 
 class TargetClusterWeights:
-    """The cluster draws of Self-Guidance at sampling: ``uniform``, ``data`` or ``target`` (see ``draw_weights``).
+    """The cluster draws of Self-Guidance at sampling: ``uniform``, ``data``, ``modes`` or ``target``.
 
     With ``target``, the weights are solved when sampling starts, from the clusters file, the classifier's labels of
     the members and ``target_distributions``: labels of a few images, and no retraining.
@@ -42,6 +42,8 @@ class TargetClusterWeights:
             return torch.full((self.num_clusters,), 1.0 / self.num_clusters, dtype=torch.float64)
         if self.cluster_distribution == "data":
             return self.cluster_frequencies.double().cpu()
+        if self.cluster_distribution == "modes":
+            return self.mode_weights.double().cpu()
         if self._draw_weights is None:
             raise RuntimeError("SelfGuidance's target cluster weights are solved when sampling starts")
         return self._draw_weights

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -23,7 +24,13 @@ from lightning_fair.diffusion import DiffusionSampler, SamplerConfig, Step
 from lightning_fair.main import main
 from lightning_fair.methods import ConditionalSampling, InvDiff
 from lightning_fair.methods.invdiff import group_invariance_loss, mix_eps, optimise_group_weights
-from lightning_fair.methods.invdiff.grouper import group_agreement, per_sample_losses
+from lightning_fair.methods.invdiff.grouper import (
+    group_agreement,
+    image_losses,
+    minority_share,
+    per_sample_losses,
+    tail_groups,
+)
 from lightning_fair.metrics import FairnessSuite
 
 # ------------------------------------------------------------------------------------------------ the objective
@@ -76,6 +83,36 @@ def test_group_weights_separate_high_and_low_losses() -> None:
     assert agreement["purity"] > 0.95
     again = optimise_group_weights(losses, num_groups=2, steps=500, learning_rate=0.01, seed=0)
     assert torch.equal(weights, again)
+
+
+def test_timestep_normalisation_lets_every_timestep_count_alike() -> None:
+    # image 2 is the worst fitted at the small-loss timestep only; the large-loss timestep drowns it in a plain mean
+    losses = torch.tensor([[1.00, 0.010], [1.06, 0.010], [1.02, 0.016], [1.00, 0.010]], dtype=torch.float64)
+    torch.testing.assert_close(image_losses(losses, "none"), losses.mean(dim=1))
+    assert image_losses(losses, "none").argmax() == 1
+    normalised = image_losses(losses, "timestep")
+    expected = ((losses - losses.mean(dim=0)) / losses.std(dim=0)).mean(dim=1)
+    torch.testing.assert_close(normalised, expected)
+    assert normalised.argmax() == 2
+
+
+def test_tail_groups_take_each_class_worst_fitted_share() -> None:
+    losses = torch.tensor([0.1, 0.9, 0.2, 0.3, 0.8, 0.5, 0.4, 0.6, 0.7, 0.0])
+    classes = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    groups = tail_groups(losses, classes, num_classes=2, tail_share=0.4)  # 2 of each class's 5 images
+    assert groups.shape == (10, 4)
+    assert groups.argmax(dim=1).tolist() == [0, 1, 0, 0, 1, 2, 2, 3, 3, 2]
+
+
+def test_minority_share_by_hand() -> None:
+    true_groups = np.array([0, 0, 0, 1, 2, 3, 3, 3])  # target 0: sensitive 0 dominates; target 1: sensitive 1
+    conflicting = [3, 4]  # groups 1 and 2
+    one_group = torch.ones(8, 1)
+    assert minority_share(one_group, true_groups, 2) == pytest.approx({"share": 2 / 8, "images": 2 / 8})
+    weights = torch.zeros(8, 2)
+    weights[conflicting, 1] = 1
+    weights[[0, 1, 2, 5, 6, 7], 0] = 1
+    assert minority_share(weights, true_groups, 2)["share"] == pytest.approx(0.5)  # their own group: half the loss
 
 
 def test_group_weights_need_two_groups() -> None:
@@ -148,7 +185,7 @@ def _grouper_worker(rank: int, world_size: int, port: int, out_dir: str, backbon
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         indices, losses = per_sample_losses(**_grouper_inputs(backbone, faces_root), rank=rank, world_size=world_size)
-        weights = optimise_group_weights(losses, num_groups=4, steps=100)
+        weights = optimise_group_weights(losses.mean(dim=1), num_groups=4, steps=100)
         torch.save({"indices": indices, "losses": losses, "weights": weights}, os.path.join(out_dir, f"{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -176,7 +213,7 @@ def test_two_processes_infer_the_same_groups_as_one(tiny_backbone: Path, faces_r
         indices, losses = per_sample_losses(**_grouper_inputs(str(tiny_backbone), str(faces_root)))
     finally:
         torch.set_num_threads(threads)
-    weights = optimise_group_weights(losses, num_groups=4, steps=100)
+    weights = optimise_group_weights(losses.mean(dim=1), num_groups=4, steps=100)
     assert len(indices) == len(set(indices.tolist())) == 240  # the train split, each image once
     assert torch.equal(indices, indices.sort().values)
     with socket.socket() as sock:
@@ -200,9 +237,12 @@ def test_grouping_losses_depend_on_the_image_not_the_batch(tiny_backbone: Path, 
     inputs["timesteps"] = [999]  # the noisiest step: the loss is close to the noise's own scale
     _, noisy = per_sample_losses(**inputs)
     inputs["timesteps"] = [999, 999]
-    _, averaged = per_sample_losses(**inputs)
+    _, two = per_sample_losses(**inputs)
+    assert losses.shape == noisy.shape == (240, 1)  # a column per timestep
+    assert two.shape == (240, 2)
     assert not torch.allclose(noisy, losses)
-    assert not torch.allclose(noisy, averaged)  # a second draw of noise for the second timestep
+    torch.testing.assert_close(two[:, 0], noisy[:, 0])
+    assert not torch.allclose(two[:, 1], noisy[:, 0])  # a second draw of noise for the second timestep
 
 
 # ------------------------------------------------------------------------------------------------ the method
@@ -343,6 +383,22 @@ def test_fit_infers_groups_trains_the_delta_only_and_tests(invdiff_config: Calla
     metrics = next((tmp_path / "logs" / "invdiff").glob("version_*/metrics.json")).read_text()
     assert '"bias_score/Male=0"' in metrics
     assert '"bias_score_by/Male"' in metrics
+
+
+def test_tail_groups_of_normalised_losses_are_inferred_and_reported(invdiff_config: Callable, tmp_path: Path) -> None:
+    model = {"grouper": "tail", "grouper_normalisation": "timestep", "grouper_tail_share": 0.25}
+    main(["fit", "-c", str(invdiff_config(name="tail", model=model)), "--trainer.max_steps", "1"])
+    groups = KeyedRows.load(tmp_path / "groups.safetensors", "groups_file", "groups")
+    assert groups.provenance["grouper"] == "tail"
+    assert groups.provenance["normalisation"] == "timestep"
+    weights, losses = groups.tensors["weights"], groups.tensors["losses"]
+    assert weights.shape == (len(groups.indices), 4)  # each of the 2 classes: the rest and the tail
+    assert set(weights.unique().tolist()) == {0.0, 1.0}
+    tails = weights.argmax(dim=1) % 2 == 1
+    assert abs(tails.float().mean().item() - 0.25) < 0.02
+    assert losses[tails].mean() > losses[~tails].mean()
+    report = json.loads((tmp_path / "groups.json").read_text())
+    assert 0 < report["minority_share"]["share"] < 1
 
 
 def test_groups_file_of_another_split_is_refused(invdiff_config: Callable, tmp_path: Path, cli_error: Callable) -> None:

@@ -16,8 +16,11 @@ from lightning_fair.data.keyed_rows import KeyedRows
 from lightning_fair.methods.invdiff.grouper import (
     group_agreement,
     group_summary,
+    image_losses,
+    minority_share,
     optimise_group_weights,
     per_sample_losses,
+    tail_groups,
 )
 from lightning_fair.methods.lifecycle.artifact_cache import SplitArtifact
 
@@ -50,7 +53,12 @@ class BiasInference:
     def load_or_infer_groups(self) -> KeyedRows:
         """The groups of the train split: read back (and checked) from ``groups_file``, or inferred and written."""
         data = self.training_data()
-        provenance = GROUPS.provenance(self.backbone_reference, data, num_groups=str(self.num_groups))
+        settings = {"num_groups": str(self.num_groups)} if self.grouper == "spread" else {}
+        if self.grouper == "tail":
+            settings["tail_share"] = str(self.grouper_tail_share)
+        provenance = GROUPS.provenance(
+            self.backbone_reference, data, grouper=self.grouper, normalisation=self.grouper_normalisation, **settings
+        )
         path = self.groups_path()
         make = partial(self.infer_groups, data, provenance, path)
         return GROUPS.load_or_make("InvDiff", path, provenance, make, self.trainer)
@@ -60,7 +68,7 @@ class BiasInference:
     ) -> tuple[KeyedRows, dict[str, Any], str]:
         """The frozen model's loss of every train image, the group weights that spread it, a report and a summary."""
         start = time.perf_counter()
-        indices, losses = per_sample_losses(
+        indices, timestep_losses = per_sample_losses(
             self.backbone,
             GROUPS.dataset(data),
             lambda attributes: self.class_condition(self.labels_of(attributes)),
@@ -74,23 +82,40 @@ class BiasInference:
         )
         pass_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        weights = optimise_group_weights(
-            losses, self.num_groups, self.grouper_steps, self.grouper_learning_rate, self.grouper_min_weight, self.seed
-        )
+        losses = image_losses(timestep_losses, self.grouper_normalisation)
+        if self.grouper == "tail":
+            classes = torch.as_tensor(data.table.column(self.condition_attribute)[indices.numpy()])
+            num_classes = data.num_classes[data.attributes.index(self.condition_attribute)]
+            weights = tail_groups(losses, classes, num_classes, self.grouper_tail_share)
+        else:
+            weights = optimise_group_weights(
+                losses,
+                self.num_groups,
+                self.grouper_steps,
+                self.grouper_learning_rate,
+                self.grouper_min_weight,
+                self.seed,
+            )
         assignment = KeyedRows(indices, {"weights": weights, "losses": losses}, provenance)
         true_groups, _ = self.true_groups(data, indices.numpy())
         report = {
             "images": len(indices),
             **group_agreement(weights, true_groups),
+            "minority_share": minority_share(
+                weights, true_groups, data.num_classes[data.attributes.index(data.sensitive)]
+            ),
             **group_summary(weights, losses),
             "pass_seconds": pass_seconds,
             "weights_seconds": time.perf_counter() - start,
             "processes": self.trainer.world_size,
         }
         summary = (
-            f"InvDiff: inferred {self.num_groups} groups of {len(indices)} images in {pass_seconds:.1f} s (pass) + "
+            f"InvDiff: inferred {weights.shape[1]} groups ({self.grouper}) of {len(indices)} images in "
+            f"{pass_seconds:.1f} s (pass) + "
             f"{report['weights_seconds']:.1f} s (weights); agreement with the hidden groups: NMI "
-            f"{report['nmi']:.3f}, purity {report['purity']:.3f} (log only); written to {path}"
+            f"{report['nmi']:.3f}, purity {report['purity']:.3f}; the bias-conflicting images' share of the group loss "
+            f"{report['minority_share']['share']:.3f} against their {report['minority_share']['images']:.3f} of the "
+            f"images (log only); written to {path}"
         )
         return assignment, report, summary
 

@@ -10,6 +10,7 @@ then weighs as much as the others.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ def per_sample_losses(
     """The frozen model's diffusion loss of every image of ``dataset``, against the noise it was given.
 
     Image ``i`` (its dataset ``index``) is noised with noise drawn from ``(seed, i)`` at one timestep drawn uniformly
-    from the same generator, or, with ``timesteps``, at each of them (its loss is then their mean). The pass is shared
+    from the same generator, or, with ``timesteps``, at each of them (one column each). The pass is shared
     among the processes by :func:`~lightning_fair.data.keyed_rows.sharded_pass`: every process returns the same
     losses, each image once, however many processes share it.
 
@@ -57,7 +58,8 @@ def per_sample_losses(
         world_size: number of processes sharing the pass.
 
     Returns:
-        Dataset indices (sorted) and their losses (float64), on the CPU.
+        Dataset indices (sorted) and their losses ``(N, T)`` (float64; ``T`` timesteps, 1 without ``timesteps``),
+        on the CPU.
     """
     num_train_timesteps = int(backbone.scheduler_config["num_train_timesteps"])
 
@@ -65,9 +67,8 @@ def per_sample_losses(
         x0 = backbone.encode(batch["image"])
         condition = condition_of(batch["attributes"])
         generators = sample_generators(seed, batch["index"], GROUPING_STREAM)
-        draws = timesteps or [None]
-        total = torch.zeros(len(x0), dtype=torch.float64, device=device)
-        for fixed in draws:
+        columns = []
+        for fixed in timesteps or [None]:
             noise = per_sample_randn(generators, tuple(x0.shape[1:]), device)
             if fixed is None:
                 t = torch.cat([torch.randint(0, num_train_timesteps, (1,), generator=g) for g in generators])
@@ -75,10 +76,47 @@ def per_sample_losses(
                 t = torch.full((len(x0),), fixed, dtype=torch.long)
             t = t.to(device)
             eps = backbone.eps(add_noise(x0, noise, t), t, condition)
-            total += (eps.float() - noise.float()).pow(2).flatten(1).mean(dim=1).double()
-        return total / len(draws)
+            columns.append((eps.float() - noise.float()).pow(2).flatten(1).mean(dim=1).double())
+        return torch.stack(columns, dim=1)
 
     return sharded_pass(dataset, losses, batch_size, device, rank, world_size)
+
+
+def image_losses(losses: Tensor, normalisation: Literal["none", "timestep"]) -> Tensor:
+    """Each image's grouping loss from its per-timestep losses ``(N, T)``: their mean, or the mean of their z-scores.
+
+    A diffusion loss is orders of magnitude larger at some timesteps than at others, so a plain mean is mostly the
+    loss at the worst-fitted timesteps, and a minority's excess loss at the others is lost in it. With ``timestep``,
+    each column is first standardised over the images (its mean 0, its standard deviation 1): every timestep then
+    counts alike, and the result says how far above the others each image's loss lies.
+    """
+    if normalisation == "none":
+        return losses.mean(dim=1)
+    scale = losses.std(dim=0, keepdim=True) if len(losses) > 1 else torch.ones_like(losses[:1])
+    return ((losses - losses.mean(dim=0, keepdim=True)) / scale.clamp_min(1e-12)).mean(dim=1)
+
+
+def tail_groups(losses: Tensor, classes: Tensor, num_classes: int, tail_share: float) -> Tensor:
+    """Hard groups of the loss tail: each conditioning class's ``tail_share`` worst-fitted images, and the rest.
+
+    The error set of "Just Train Twice" (Liu et al., ICML 2021) as groups: a minority the model fits worse gathers in
+    its class's tail group, which the group-invariance loss then weighs as much as the class's other images.
+
+    Args:
+        losses: per-image grouping losses ``(N,)``.
+        classes: each image's conditioning class ``(N,)``.
+        num_classes: ``C``.
+        tail_share: the share of each class's images in its tail group.
+
+    Returns:
+        One-hot weights ``(N, 2C)``: group ``2c`` holds the rest of class ``c``, group ``2c + 1`` its tail.
+    """
+    groups = 2 * classes.long()
+    for label in range(num_classes):
+        members = torch.nonzero(classes == label).flatten()
+        tail = max(1, round(tail_share * len(members))) if len(members) else 0
+        groups[members[torch.argsort(losses[members], descending=True)[:tail]]] += 1
+    return torch.nn.functional.one_hot(groups, 2 * num_classes).float()
 
 
 def optimise_group_weights(
@@ -129,6 +167,22 @@ def group_agreement(weights: Tensor, true_groups: np.ndarray) -> dict[str, float
     assigned = weights.argmax(dim=1).numpy()
     purity = sum(np.bincount(true_groups[assigned == k]).max() for k in np.unique(assigned)) / len(assigned)
     return {"nmi": float(normalized_mutual_info_score(true_groups, assigned)), "purity": float(purity)}
+
+
+def minority_share(weights: Tensor, true_groups: np.ndarray, num_sensitive: int) -> dict[str, float]:
+    """The bias-conflicting images' weight in the group loss ``mean_k L_k``, and their share of the images.
+
+    The bias-conflicting images are those whose sensitive class is not the most frequent one of their target class
+    (the groups are ``target * num_sensitive + sensitive``); an image's weight in ``mean_k L_k`` is
+    ``sum_k W_ik / (K sum_j W_jk)`` over the ``K`` groups with members.
+    """
+    counts = np.bincount(true_groups, minlength=num_sensitive * (int(true_groups.max()) // num_sensitive + 1))
+    majority = counts.reshape(-1, num_sensitive).argmax(axis=1)
+    conflicting = true_groups % num_sensitive != majority[true_groups // num_sensitive]
+    weights = weights.double()
+    mass = weights.sum(dim=0)
+    per_image = (weights[:, mass > 0] / mass[mass > 0]).sum(dim=1) / int((mass > 0).sum())
+    return {"share": float(per_image[torch.as_tensor(conflicting)].sum()), "images": float(conflicting.mean())}
 
 
 def group_summary(weights: Tensor, losses: Tensor) -> dict[str, list[float]]:

@@ -67,6 +67,11 @@ class InvDiff(BiasInference, ConditionalSampling):
         grouper_timesteps: timesteps the grouping loss is averaged over; ``None``: one uniform timestep per image
             (the official code).
         grouper_batch_size: images per UNet call of the inference pass.
+        grouper: ``spread`` (the official soft groups whose mean losses spread most; ``num_groups`` of them) or
+            ``tail`` (hard groups: each conditioning class's ``grouper_tail_share`` highest losses, and the rest).
+        grouper_normalisation: ``none`` (an image's loss is its mean over ``grouper_timesteps``) or ``timestep``
+            (the mean of its z-scores, each timestep standardised over the images).
+        grouper_tail_share: the share of each class in its tail group (``tail``).
         delta_channels: widths of the delta UNet's levels (default: the frozen UNet's divided by 4, rounded up to its
             group-norm size).
         init_from_backbone: start the delta from a copy of the frozen weights (same widths; the official CelebA
@@ -98,6 +103,9 @@ class InvDiff(BiasInference, ConditionalSampling):
         grouper_min_weight: float = 0.0,
         grouper_timesteps: list[int] | None = None,
         grouper_batch_size: int = 64,
+        grouper: Literal["spread", "tail"] = "spread",
+        grouper_normalisation: Literal["none", "timestep"] = "none",
+        grouper_tail_share: float = 0.05,
         delta_channels: list[int] | None = None,
         init_from_backbone: bool = False,
         delta_ratio: float = 0.8,
@@ -111,6 +119,12 @@ class InvDiff(BiasInference, ConditionalSampling):
             raise ValueError(f"Option 'groups' must be 'inferred' or 'labels', got {groups!r}")
         if num_groups < 2:
             raise ValueError(f"Option 'num_groups' (K) must be at least 2, got {num_groups}")
+        if grouper not in ("spread", "tail"):
+            raise ValueError(f"Option 'grouper' must be 'spread' or 'tail', got {grouper!r}")
+        if grouper_normalisation not in ("none", "timestep"):
+            raise ValueError(
+                f"Option 'grouper_normalisation' must be 'none' or 'timestep', got {grouper_normalisation!r}"
+            )
         check_delta_ratio(delta_ratio)
         check_ranges(
             positive={
@@ -125,9 +139,12 @@ class InvDiff(BiasInference, ConditionalSampling):
                 "weight_decay": weight_decay,
                 "warmup_steps": warmup_steps,
             },
-            probability={"condition_dropout": condition_dropout},
+            probability={"condition_dropout": condition_dropout, "grouper_tail_share": grouper_tail_share},
         )
         self.groups_file = groups_file
+        self.grouper = grouper
+        self.grouper_normalisation = grouper_normalisation
+        self.grouper_tail_share = grouper_tail_share
         self.groups = groups
         self.num_groups = num_groups
         self.grouper_steps = grouper_steps

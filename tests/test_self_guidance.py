@@ -252,6 +252,25 @@ def test_target_draws_reuse_a_label_free_fit(
     assert "holds other clusters than the embedding was trained on" in line
 
 
+def test_modes_draw_samples_from_the_fit_and_an_older_checkpoint_serves_the_others(
+    self_guidance_config: Callable, tmp_path: Path, cli_error: Callable
+) -> None:
+    config = self_guidance_config()
+    main(["fit", "-c", str(config)])
+    checkpoint = tmp_path / "self_guidance" / "checkpoints" / "last.ckpt"
+    modes = ["--model.init_args.cluster_distribution=modes"]
+    cli = build_cli(["-c", str(config), *modes], run=False)
+    cli.trainer.test(cli.model, cli.datamodule, ckpt_path=str(checkpoint), verbose=False)
+    stored = torch.load(checkpoint, weights_only=True)
+    torch.testing.assert_close(cli.model.draw_weights(), stored["state_dict"]["mode_weights"].double())
+    del stored["state_dict"]["mode_weights"]  # a fit from before the modes draw
+    older = tmp_path / "older.ckpt"
+    torch.save(stored, older)
+    main(["test", "-c", str(config), "--ckpt_path", str(older)])
+    line = cli_error(["test", "-c", str(config), *modes, "--ckpt_path", str(older)])
+    assert "has no mode weights (its fit predates cluster_distribution='modes')" in line
+
+
 def test_clusters_file_of_other_features_is_refused(
     self_guidance_config: Callable, tmp_path: Path, cli_error: Callable
 ) -> None:

@@ -254,7 +254,18 @@ class SelfGuidance(SelfAnnotation, TargetClusterWeights, DebiasingMethod):
             self.calibration.record(checkpoint, self.sampler.config.cfg_scale)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Takes the checkpoint's calibrated ``cfg_scale`` when this run calibrates too (its own otherwise)."""
+        """Takes the checkpoint's calibrated ``cfg_scale`` when this run calibrates too (its own otherwise).
+
+        A checkpoint from before the ``modes`` draw has no mode weights: it serves every other draw.
+        """
+        state = checkpoint["state_dict"]
+        if "mode_weights" not in state:
+            if self.cluster_distribution == "modes":
+                raise ValueError(
+                    f"{self._checkpoint_name()} has no mode weights (its fit predates cluster_distribution='modes'); "
+                    "fit again with a new 'clusters_file'"
+                )
+            state["mode_weights"] = self.mode_weights.detach().clone()
         super().on_load_checkpoint(checkpoint)
         if self.calibration is None:
             return

@@ -196,3 +196,17 @@ def test_the_fit_key_follows_what_a_fit_depends_on(generation_config: Callable[.
     assert key("--data.init_args.num_samples=99", "--trainer.enable_progress_bar=false") == reference
     assert key("--model.init_args.seed=1") != reference
     assert key("--trainer.max_steps=7") != reference
+
+
+def test_cluster_draws_benchmark_reports_every_draw_per_k(tiny_setup: Callable[..., Path], tmp_path: Path) -> None:
+    cluster_draws = load_script("cluster_draws")
+    out = tmp_path / "draws.json"
+    result = cluster_draws.main([f"--setup={tiny_setup()}", "--clusters=2,4", f"--out={out}"])
+    assert [(row["K"], row["draw"]) for row in result["draws"]] == [
+        (k, draw) for k in (2, 4) for draw in ("data", "uniform", "modes")
+    ]
+    data_rows = [row for row in result["draws"] if row["draw"] == "data"]
+    assert data_rows[0]["P(Male)"] == pytest.approx(data_rows[1]["P(Male)"])  # the data's share, whatever K
+    for row in result["draws"]:
+        assert row["FD"] == pytest.approx(2**0.5 * abs(row["P(Male)"] - 0.5))
+    assert json.loads(out.read_text())["features"].startswith("hspace")

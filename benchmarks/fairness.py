@@ -18,9 +18,9 @@ Prints a Markdown table and writes a JSON list of rows with ``method``, ``fd``, 
 ``dp_gap``, ``bias_score`` (InvDiff's, over all samples), ``bias_score_by_condition`` (its mean and per-class
 values within the classes a method requested, per conditioning attribute: InvDiff's per-prompt score), ``fid_cls``,
 ``kid_cls``, ``confident``, ``agreement`` (of the sensitive attribute with the class the method requested, where it
-requests one), ``seconds`` (time spent generating, evaluation excluded, at the pace of the batches after a warm-up
-batch: see ``SamplingTimer``; the fastest of ``--repeats`` runs), ``run_seconds`` (every run), ``warmup_seconds``
-(each run's first batch), ``time_ratio``, ``fit`` (``none``, ``fitted``, ``reused`` or ``given``),
+requests one), ``seconds`` (time spent generating, evaluation excluded, at the pace of the fastest batch after a
+warm-up batch of any of the ``--repeats`` runs: see ``SamplingTimer``), ``run_seconds`` (each run at its mean pace),
+``warmup_seconds`` (each run's first batch), ``time_ratio``, ``fit`` (``none``, ``fitted``, ``reused`` or ``given``),
 ``fit_seconds``, ``trainable_parameters``, ``checkpoint`` (the given one, or the end of the fit in
 ``<log-dir>/<setup>/<method>/fit-<key>``, ``key`` a hash of everything in the config a fit depends on: a later run
 with the same key reuses the finished fit or resumes an interrupted one; a benchmark never writes into the config's
@@ -73,7 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=25, help="denoising steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the config's)")
-    parser.add_argument("--repeats", type=int, default=1, help="generation runs per method; `seconds` is the fastest")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="generation runs per method; `seconds` is at the fastest batch's pace"
+    )
     parser.add_argument("--ckpt", action="append", default=[], metavar="METHOD=PATH", help="checkpoint of a method")
     parser.add_argument("--config", action="append", default=[], metavar="METHOD=PATH", help="config of a method")
     parser.add_argument(

@@ -101,23 +101,28 @@ def test_fairness_benchmark_rows(
 
 
 def test_sampling_timer_times_apart_the_warm_up_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = FakeClock([9.0, 2.0, 1.0])
+    clock = FakeClock([9.0, 2.0, 2.0])
     monkeypatch.setattr(lightning_fair.callbacks.sampling_timer, "time", clock)
     module = torch.nn.Linear(1, 1)
     module.device = torch.device("cpu")
     timer = SamplingTimer(warmup_batches=1)
     timer.on_test_start(None, module)
-    for size in (4, 4, 2):  # 10 samples: 3 s for the 6 after the warm-up, so 5 s for all 10
+    for size in (4, 4, 2):  # 10 samples: 4 s for the 6 after the warm-up, so 6.67 s for all 10
         timer.on_test_batch_start(None, module, {"index": torch.arange(size)}, 0)
         timer.on_test_batch_end(None, module, None, {"index": torch.arange(size)}, 0)
-    assert (timer.warmup_seconds, timer.timed_seconds, timer.timed_samples) == (9.0, 3.0, 6)
-    assert timer.seconds == pytest.approx(5.0)
+    assert (timer.warmup_seconds, timer.timed_seconds, timer.timed_samples) == (9.0, 4.0, 6)
+    assert timer.seconds == pytest.approx(10 * 4.0 / 6)
+    assert timer.paces == [0.5, 1.0]
+    assert timer.fastest_seconds == pytest.approx(5.0)  # all 10 at the first timed batch's 0.5 s a sample
+    timer.on_test_start(None, module)
+    assert timer.paces == []  # a new run starts new sums
+    assert timer.fastest_seconds == 0.0
     single = SamplingTimer(warmup_batches=1)
     monkeypatch.setattr(lightning_fair.callbacks.sampling_timer, "time", FakeClock([7.0]))
     single.on_test_start(None, module)
     single.on_test_batch_start(None, module, {"index": torch.arange(3)}, 0)
     single.on_test_batch_end(None, module, None, {"index": torch.arange(3)}, 0)
-    assert single.seconds == 7.0  # a run of one batch is timed whole
+    assert single.seconds == single.fastest_seconds == 7.0  # a run of one batch is timed whole
 
 
 @pytest.mark.parametrize(

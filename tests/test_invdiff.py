@@ -25,6 +25,7 @@ from lightning_fair.main import main
 from lightning_fair.methods import ConditionalSampling, InvDiff
 from lightning_fair.methods.invdiff import group_invariance_loss, mix_eps, optimise_group_weights
 from lightning_fair.methods.invdiff.grouper import (
+    cluster_groups,
     group_agreement,
     image_losses,
     minority_share,
@@ -102,6 +103,15 @@ def test_tail_groups_take_each_class_worst_fitted_share() -> None:
     groups = tail_groups(losses, classes, num_classes=2, tail_share=0.4)  # 2 of each class's 5 images
     assert groups.shape == (10, 4)
     assert groups.argmax(dim=1).tolist() == [0, 1, 0, 0, 1, 2, 2, 3, 3, 2]
+
+
+def test_cluster_groups_cross_each_class_with_its_clusters() -> None:
+    clusters = torch.tensor([0, 1, 2, 1, 0, 2])
+    classes = torch.tensor([0, 0, 0, 1, 1, 1])
+    groups = cluster_groups(clusters, classes, num_classes=2, num_clusters=3)
+    assert groups.shape == (6, 6)
+    assert groups.argmax(dim=1).tolist() == [0, 1, 2, 4, 3, 5]  # class c, cluster k: group 3c + k
+    assert groups.sum(dim=1).tolist() == [1.0] * 6
 
 
 def test_minority_share_by_hand() -> None:
@@ -399,6 +409,26 @@ def test_tail_groups_of_normalised_losses_are_inferred_and_reported(invdiff_conf
     assert losses[tails].mean() > losses[~tails].mean()
     report = json.loads((tmp_path / "groups.json").read_text())
     assert 0 < report["minority_share"]["share"] < 1
+
+
+def test_cluster_groups_of_the_frozen_features_are_inferred_and_reported(
+    invdiff_config: Callable, tmp_path: Path
+) -> None:
+    model = {"grouper": "clusters", "num_groups": 2, "grouper_feature_timestep": 100}
+    main(["fit", "-c", str(invdiff_config(name="clusters", model=model)), "--trainer.max_steps", "1"])
+    groups = KeyedRows.load(tmp_path / "groups.safetensors", "groups_file", "groups")
+    assert groups.provenance["grouper"] == "clusters"
+    assert groups.provenance["feature_timestep"] == "100"
+    weights = groups.tensors["weights"]
+    assert weights.shape == (len(groups.indices), 4)  # 2 classes x 2 clusters
+    assert set(weights.unique().tolist()) == {0.0, 1.0}
+    report = json.loads((tmp_path / "groups.json").read_text())
+    assert len(report["group_mass"]) == 4
+    assert sum(report["group_mass"]) == len(groups.indices)
+    # Each group lies within one class of the condition (Male): groups 0 and 1 hold its class 0, groups 2 and 3 class 1.
+    data = CelebADataModule(root=groups.provenance["dataset"], attributes=["Male"], sensitive="Male", image_size=32)
+    male = torch.as_tensor(data.table.column("Male")[groups.indices.numpy()])
+    assert torch.equal(weights.argmax(dim=1) // 2, male.long())
 
 
 def test_groups_file_of_another_split_is_refused(invdiff_config: Callable, tmp_path: Path, cli_error: Callable) -> None:

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_fair.data.base import AttributeDataModule
-from lightning_fair.data.keyed_rows import KeyedRows
+from lightning_fair.data.keyed_rows import KeyedRows, sharded_pass
 from lightning_fair.methods.invdiff.grouper import (
+    cluster_groups,
     group_agreement,
     group_summary,
     image_losses,
@@ -23,6 +24,8 @@ from lightning_fair.methods.invdiff.grouper import (
     tail_groups,
 )
 from lightning_fair.methods.lifecycle.artifact_cache import SplitArtifact
+from lightning_fair.methods.self_guidance.clusters import fit_clusters
+from lightning_fair.methods.self_guidance.features import HSpaceFeatures
 
 GROUPS = SplitArtifact("groups", "groups_file", "groups.safetensors")
 
@@ -31,9 +34,9 @@ class BiasInference:
     """The groups of :class:`~lightning_fair.methods.invdiff.method.InvDiff`: read from ``groups_file``, or inferred.
 
     One pass of the frozen model over the train split, then the soft group weights ``W`` that spread the per-group
-    mean losses; ``W`` is written keyed by dataset index with the backbone and the split's fingerprint, and a report
-    of its agreement with the hidden groups (never used in training) beside it. ``groups: labels`` uses the true
-    groups instead.
+    mean losses (or hard groups: each class's loss tail, or each class's feature clusters); ``W`` is written keyed by
+    dataset index with the backbone and the split's fingerprint, and a report of its agreement with the hidden groups
+    (never used in training) beside it. ``groups: labels`` uses the true groups instead.
     """
 
     def on_fit_start(self) -> None:
@@ -53,9 +56,11 @@ class BiasInference:
     def load_or_infer_groups(self) -> KeyedRows:
         """The groups of the train split: read back (and checked) from ``groups_file``, or inferred and written."""
         data = self.training_data()
-        settings = {"num_groups": str(self.num_groups)} if self.grouper == "spread" else {}
+        settings = {"num_groups": str(self.num_groups)} if self.grouper != "tail" else {}
         if self.grouper == "tail":
             settings["tail_share"] = str(self.grouper_tail_share)
+        if self.grouper == "clusters":
+            settings["feature_timestep"] = str(self.grouper_feature_timestep)
         provenance = GROUPS.provenance(
             self.backbone_reference, data, grouper=self.grouper, normalisation=self.grouper_normalisation, **settings
         )
@@ -83,10 +88,13 @@ class BiasInference:
         pass_seconds = time.perf_counter() - start
         start = time.perf_counter()
         losses = image_losses(timestep_losses, self.grouper_normalisation)
+        classes = torch.as_tensor(data.table.column(self.condition_attribute)[indices.numpy()])
+        num_classes = data.num_classes[data.attributes.index(self.condition_attribute)]
         if self.grouper == "tail":
-            classes = torch.as_tensor(data.table.column(self.condition_attribute)[indices.numpy()])
-            num_classes = data.num_classes[data.attributes.index(self.condition_attribute)]
             weights = tail_groups(losses, classes, num_classes, self.grouper_tail_share)
+        elif self.grouper == "clusters":
+            _, clusters = fit_clusters(self.image_features(data, indices), self.num_groups, self.seed)
+            weights = cluster_groups(clusters, classes, num_classes, self.num_groups)
         else:
             weights = optimise_group_weights(
                 losses,
@@ -118,6 +126,28 @@ class BiasInference:
             f"images (log only); written to {path}"
         )
         return assignment, report, summary
+
+    def image_features(self, data: AttributeDataModule, indices: Tensor) -> Tensor:
+        """The frozen model's h-space of every train image under its own class, rows in the order of ``indices``."""
+        extractor = HSpaceFeatures(
+            self.backbone, self.neutral_condition, self.sampler.add_noise, self.grouper_feature_timestep, self.seed
+        )
+
+        def features(batch: dict[str, Tensor]) -> Tensor:
+            condition = self.class_condition(self.labels_of(batch["attributes"]))
+            return extractor(batch["image"], batch["index"], condition)
+
+        order, rows = sharded_pass(
+            GROUPS.dataset(data),
+            features,
+            self.grouper_batch_size,
+            self.device,
+            self.trainer.global_rank,
+            self.trainer.world_size,
+        )
+        if not torch.equal(order, indices):
+            raise RuntimeError("InvDiff: the feature pass and the loss pass saw different images")
+        return rows
 
     def group_weights(self, batch: dict[str, Tensor]) -> Tensor:
         """The batch's group rows: its rows of the inferred ``W``, or one-hot true groups."""

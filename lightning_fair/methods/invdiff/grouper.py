@@ -119,6 +119,26 @@ def tail_groups(losses: Tensor, classes: Tensor, num_classes: int, tail_share: f
     return torch.nn.functional.one_hot(groups, 2 * num_classes).float()
 
 
+def cluster_groups(clusters: Tensor, classes: Tensor, num_classes: int, num_clusters: int) -> Tensor:
+    """Hard groups of feature clusters within each class: group ``c K + k`` holds class ``c``'s images of cluster ``k``.
+
+    The loss of a minority that the frozen model fits as well as the majority does not single it out, but a minority
+    that looks different (a background, a colour) gets clusters of its own in the model's features; crossed with the
+    class, they give it a group that the group-invariance loss weighs as much as the others.
+
+    Args:
+        clusters: each image's feature cluster ``(N,)``.
+        classes: each image's conditioning class ``(N,)``.
+        num_classes: ``C``.
+        num_clusters: ``K``.
+
+    Returns:
+        One-hot weights ``(N, C K)`` (groups without images stay empty).
+    """
+    groups = classes.long() * num_clusters + clusters.long()
+    return torch.nn.functional.one_hot(groups, num_classes * num_clusters).float()
+
+
 def optimise_group_weights(
     losses: Tensor,
     num_groups: int,

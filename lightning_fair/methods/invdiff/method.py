@@ -67,11 +67,14 @@ class InvDiff(BiasInference, ConditionalSampling):
         grouper_timesteps: timesteps the grouping loss is averaged over; ``None``: one uniform timestep per image
             (the official code).
         grouper_batch_size: images per UNet call of the inference pass.
-        grouper: ``spread`` (the official soft groups whose mean losses spread most; ``num_groups`` of them) or
-            ``tail`` (hard groups: each conditioning class's ``grouper_tail_share`` highest losses, and the rest).
+        grouper: ``spread`` (the official soft groups whose mean losses spread most; ``num_groups`` of them),
+            ``tail`` (hard groups: each conditioning class's ``grouper_tail_share`` highest losses, and the rest) or
+            ``clusters`` (hard groups: each class's images of each of ``num_groups`` k-means clusters of the frozen
+            model's h-space at ``grouper_feature_timestep``, Self-Guidance's features).
         grouper_normalisation: ``none`` (an image's loss is its mean over ``grouper_timesteps``) or ``timestep``
             (the mean of its z-scores, each timestep standardised over the images).
         grouper_tail_share: the share of each class in its tail group (``tail``).
+        grouper_feature_timestep: the noise level of the features of ``clusters``.
         delta_channels: widths of the delta UNet's levels (default: the frozen UNet's divided by 4, rounded up to its
             group-norm size).
         init_from_backbone: start the delta from a copy of the frozen weights (same widths; the official CelebA
@@ -103,9 +106,10 @@ class InvDiff(BiasInference, ConditionalSampling):
         grouper_min_weight: float = 0.0,
         grouper_timesteps: list[int] | None = None,
         grouper_batch_size: int = 64,
-        grouper: Literal["spread", "tail"] = "spread",
+        grouper: Literal["spread", "tail", "clusters"] = "spread",
         grouper_normalisation: Literal["none", "timestep"] = "none",
         grouper_tail_share: float = 0.05,
+        grouper_feature_timestep: int = 200,
         delta_channels: list[int] | None = None,
         init_from_backbone: bool = False,
         delta_ratio: float = 0.8,
@@ -119,8 +123,8 @@ class InvDiff(BiasInference, ConditionalSampling):
             raise ValueError(f"Option 'groups' must be 'inferred' or 'labels', got {groups!r}")
         if num_groups < 2:
             raise ValueError(f"Option 'num_groups' (K) must be at least 2, got {num_groups}")
-        if grouper not in ("spread", "tail"):
-            raise ValueError(f"Option 'grouper' must be 'spread' or 'tail', got {grouper!r}")
+        if grouper not in ("spread", "tail", "clusters"):
+            raise ValueError(f"Option 'grouper' must be 'spread', 'tail' or 'clusters', got {grouper!r}")
         if grouper_normalisation not in ("none", "timestep"):
             raise ValueError(
                 f"Option 'grouper_normalisation' must be 'none' or 'timestep', got {grouper_normalisation!r}"
@@ -145,6 +149,7 @@ class InvDiff(BiasInference, ConditionalSampling):
         self.grouper = grouper
         self.grouper_normalisation = grouper_normalisation
         self.grouper_tail_share = grouper_tail_share
+        self.grouper_feature_timestep = grouper_feature_timestep
         self.groups = groups
         self.num_groups = num_groups
         self.grouper_steps = grouper_steps
@@ -169,6 +174,11 @@ class InvDiff(BiasInference, ConditionalSampling):
         outside = [t for t in grouper_timesteps or [] if not 0 <= t < num_train_timesteps]
         if outside:
             raise ValueError(f"Option 'grouper_timesteps' must lie in 0..{num_train_timesteps - 1}, got {outside}")
+        if not 0 <= grouper_feature_timestep < num_train_timesteps:
+            raise ValueError(
+                f"Option 'grouper_feature_timestep' must lie in 0..{num_train_timesteps - 1}, got "
+                f"{grouper_feature_timestep}"
+            )
 
     def configure_modules(self) -> None:
         """Builds the delta UNet, its output layer at zero."""

@@ -47,12 +47,13 @@ class HSpaceFeatures(nn.Module):
         self.description = f"hspace(t={timestep}, seed={seed})"
 
     @torch.no_grad()
-    def forward(self, images: Tensor, indices: Tensor) -> Tensor:
-        """``(B, C_h)`` features of images in [-1, 1] with dataset ``indices``."""
+    def forward(self, images: Tensor, indices: Tensor, condition: Condition | None = None) -> Tensor:
+        """``(B, C_h)`` features of images in [-1, 1] with dataset ``indices``, under ``condition`` if given."""
         x0 = self.backbone.encode(images)
         noise = per_sample_randn(sample_generators(self.seed, indices, FEATURE_STREAM), tuple(x0.shape[1:]), x0.device)
         t = torch.full((len(x0),), self.timestep, dtype=torch.long, device=x0.device)
-        h = self.backbone.h(self.add_noise(x0, noise, t), t, self.condition(len(x0)))
+        condition = self.condition(len(x0)) if condition is None else condition
+        h = self.backbone.h(self.add_noise(x0, noise, t), t, condition)
         return h.float().mean(dim=(2, 3))
 
 

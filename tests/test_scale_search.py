@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,13 @@ from lightning.pytorch import Trainer
 
 from lightning_fair.data import GenerationRequests
 from lightning_fair.methods import DistributionGuidance, HSpaceSampleGuidance
-from lightning_fair.methods.lifecycle.calibration import calibration_seed, choose_scale, fd_tolerance
+from lightning_fair.methods.lifecycle.calibration import (
+    Measurement,
+    bisect_scales,
+    calibration_seed,
+    choose_scale,
+    fd_tolerance,
+)
 
 
 def test_tolerance_is_twice_an_exact_samplers_fd() -> None:
@@ -27,6 +34,41 @@ def test_the_least_quality_cost_within_tolerance_is_chosen() -> None:
     assert choose_scale(scales, [0.5, 0.09, 0.02, 0.01], fid, 0.05) == (5.0, True)
     assert choose_scale(scales, [0.5, 0.04, 0.02, 0.01], fid, 0.05) == (1.0, True)
     assert choose_scale(scales, [0.5, 0.3, 0.2, 0.25], fid, 0.05) == (2.0, False)  # none reached: least FD
+
+
+def linear_response(start: float, slope: float, calls: list[float]) -> Callable[[float], Measurement]:
+    """A method whose share of class 1 falls linearly with the scale (clamped to [0, 1]); records the scales."""
+
+    def measure(scale: float) -> Measurement:
+        calls.append(scale)
+        share = min(1.0, max(0.0, start - slope * scale))
+        return Measurement({"Male": torch.tensor([1 - share, share])}, fid_cls=scale)
+
+    return measure
+
+
+TARGET = {"Male": torch.tensor([0.5, 0.5])}
+
+
+def test_a_target_passed_between_two_grid_scales_is_bisected() -> None:
+    calls: list[float] = []
+    # share 0.8, 0.68, 0.2 at 0, 200, 1000: the best (200) and 1000 lie on either side of the target (500)
+    measured = bisect_scales(linear_response(0.8, 0.0006, calls), [0.0, 200.0, 1000.0], TARGET, 0.1, 3)
+    middle = math.sqrt(200.0 * 1000.0)
+    assert calls == [0.0, 200.0, 1000.0, middle]  # one midpoint: share 0.532, FD 0.045 within 0.1
+    assert measured[middle].fd(TARGET) == pytest.approx(math.sqrt(2) * (0.8 - 0.0006 * middle - 0.5))
+
+
+def test_bisection_stops_after_its_steps_and_never_without_a_reversal() -> None:
+    calls: list[float] = []
+    bisect_scales(linear_response(0.8, 0.0006, calls), [0.0, 200.0, 1000.0], TARGET, 0.001, 2)
+    assert calls[3:] == [pytest.approx(math.sqrt(200.0 * 1000.0)), pytest.approx(math.sqrt(447.2136 * 1000.0))]
+    calls.clear()
+    bisect_scales(linear_response(0.9, 0.0001, calls), [0.0, 200.0, 1000.0], TARGET, 0.001, 3)
+    assert calls == [0.0, 200.0, 1000.0]  # the share never passes 0.5: nothing lies between
+    calls.clear()
+    bisect_scales(linear_response(0.8, 0.1, calls), [0.0, 1000.0], TARGET, 0.01, 1)
+    assert calls == [0.0, 1000.0, 500.0]  # share 0.8 at 0, 0 at 1000: above a lower end of 0, the half
 
 
 def fitted_guidance(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from lightning_fair.utils.run_folder import run_folder
 
 CALIBRATION_STREAM = 6  # the calibration samples' seed: unrelated to every sample the run is evaluated on
 DEFAULT_SCALES = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+REFINE_STEPS = 3  # scales a search adds between two of the grid's where the target lies between them
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class ScaleSearch:
         reached: whether some scale reached the tolerance (else ``chosen`` has the smallest FD).
         reference: what ``fid_cls`` is measured against: ``val images``, or the samples of the
             smallest scale (``samples of guidance_scale 0``) when the method has no real images.
+        distributions: at each scale, each guided attribute's predicted distribution.
     """
 
     option: str
@@ -52,6 +54,7 @@ class ScaleSearch:
     chosen: float
     reached: bool
     reference: str = "val images"
+    distributions: list[dict[str, list[float]]] = field(default_factory=list)
 
     def write(self, folder: Path) -> list[Path]:
         """Writes ``<option>_curve.csv``, ``.png`` and ``.json`` (the choice, ``reached``) into ``folder``."""
@@ -62,6 +65,8 @@ class ScaleSearch:
             "reached": self.reached,
             "tolerance": self.tolerance,
             "fid_cls_reference": self.reference,
+            "scales": self.scales,
+            "distributions": self.distributions,
         }
         write_report(folder / f"{stem}.json", choice)
         verdict = "least fid_cls within tolerance" if self.reached else "target not reached: least FD"
@@ -122,6 +127,70 @@ def calibration_seed(method: torch.nn.Module) -> Iterator[None]:
         method.seed = seed
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """What the calibration samples of one scale gave: each guided attribute's predicted distribution, ``fid_cls``."""
+
+    distributions: dict[str, Tensor]
+    fid_cls: float
+
+    def fd(self, targets: dict[str, Tensor]) -> float:
+        """The largest FD (L2) of a guided attribute's distribution to its target."""
+        return max(float(torch.linalg.vector_norm(self.distributions[name] - targets[name].cpu())) for name in targets)
+
+    def deviation(self, targets: dict[str, Tensor]) -> Tensor:
+        """The distributions minus their targets, every attribute's in one vector."""
+        return torch.cat([self.distributions[name] - targets[name].cpu() for name in targets])
+
+
+def reversed_bracket(
+    measured: dict[float, Measurement], best: float, targets: dict[str, Tensor]
+) -> tuple[float, float] | None:
+    """``best`` and the neighbouring scale on whose side the distribution has passed the target, if any.
+
+    The deviation from the target reverses between two scales (their deviations point apart: a negative dot
+    product) when stronger guidance carried the distribution past the target: a scale between them comes closer.
+    """
+    scales = sorted(measured)
+    index = scales.index(best)
+    deviation = measured[best].deviation(targets)
+    for other in (index + 1, index - 1):
+        if 0 <= other < len(scales) and float(deviation @ measured[scales[other]].deviation(targets)) < 0:
+            low, high = sorted((best, scales[other]))
+            return low, high
+    return None
+
+
+def bisect_scales(
+    measure: Callable[[float], Measurement],
+    scales: list[float],
+    targets: dict[str, Tensor],
+    tolerance: float,
+    refine_steps: int,
+) -> dict[float, Measurement]:
+    """Measures every grid scale, then bisects a reversed bracket (see :func:`reversed_bracket`).
+
+    Each added scale is the geometric midpoint of the bracket around the best scale so far (half the upper end when
+    the lower is 0); the search stops when a scale is within ``tolerance`` or ``refine_steps`` scales were added.
+
+    Returns:
+        Every measured scale's measurement.
+    """
+    measured = {scale: measure(scale) for scale in scales}
+    for _ in range(refine_steps):
+        fd = {scale: measured[scale].fd(targets) for scale in sorted(measured)}
+        best = min(fd, key=lambda scale: (fd[scale], scale))
+        bracket = None if fd[best] <= tolerance else reversed_bracket(measured, best, targets)
+        if bracket is None:
+            break
+        low, high = bracket
+        middle = math.sqrt(low * high) if low > 0 else high / 2
+        if middle in measured:
+            break
+        measured[middle] = measure(middle)
+    return measured
+
+
 def search_scale(
     method: torch.nn.Module,
     option: str,
@@ -132,13 +201,16 @@ def search_scale(
     classifier: AttributeClassifier,
     targets: dict[str, Tensor],
     reference: Tensor | None,
+    refine_steps: int = REFINE_STEPS,
 ) -> ScaleSearch:
     """Samples ``num_samples`` calibration images at each scale and chooses one (see :func:`choose_scale`).
 
     Every scale sees the same calibration samples (same noise, same drawn conditions), in global batches of
     ``batch_size`` split among the processes as ``test`` splits them; the counts and features are gathered, so
     every process measures the same curve and chooses the same scale. With a prompt set, successive batches take
-    successive prompts (a batch never mixes them).
+    successive prompts (a batch never mixes them). When no scale reaches the tolerance but the predicted
+    distribution passes the target between the best scale and a neighbour (see :func:`reversed_bracket`), up to
+    ``refine_steps`` scales between them are measured as well (bisection).
 
     Args:
         method: a :class:`~lightning_fair.methods.base.DebiasingMethod`.
@@ -151,6 +223,7 @@ def search_scale(
         targets: the target distribution of each guided attribute.
         reference: classifier features of real reference images; ``None``: the samples of the smallest scale (the
             quality cost is then the drift from the least guided samples).
+        refine_steps: most scales measured between the grid's.
     """
     scales = sorted({float(scale) for scale in scales})
     world = method.trainer.world_size if method._trainer is not None else 1
@@ -158,41 +231,47 @@ def search_scale(
     columns = {name: classifier.attribute_index(name, "target_distributions") for name in targets}
     if not scales or scales[0] < 0:
         raise ValueError(f"Option 'calibration_scales' must list non-negative scales, got {scales}")
-    fd, fid_cls = [], []
     against = "val images" if reference is not None else f"samples of {option} {scales[0]:g}"
     num_prompts = getattr(method, "num_prompts", 1)
     backbone = method.backbone
     generated = classifier.inputs_from(
         backbone.center_crop_fraction, f"the images of the backbone '{backbone.reference}'"
     )
-    with calibration_seed(method), torch.no_grad(), generated:
-        for scale in scales:
-            set_scale(scale)
-            counts = {name: torch.zeros(len(target), device=method.device) for name, target in targets.items()}
-            features = []
-            for number, start in enumerate(range(0, num_samples, batch_size)):
-                batch = sample_indices(number % num_prompts, torch.arange(start, min(start + batch_size, num_samples)))
-                share = torch.tensor_split(batch, world)[rank]
-                if len(share) == 0:
-                    method.join_empty_batch()
-                    continue
-                images, _ = method.sample(share)
-                predictions = classifier.predict(images)
-                for name, column in columns.items():
-                    counts[name] += torch.bincount(predictions[:, column], minlength=len(targets[name])).float()
-                features.append(classifier.features(images).float())
-            local = torch.cat(features) if features else torch.zeros((0, classifier.feature_dim), device=method.device)
-            gathered = gather_rows(local.to(method.device)).cpu()
-            reference = gathered if reference is None else reference
-            distances = []
-            for name, target in targets.items():
-                total = sum_over_processes(counts[name]).cpu()
-                distances.append(float(torch.linalg.vector_norm(total / total.sum() - target.cpu())))
-            fd.append(max(distances))
-            fid_cls.append(float(frechet_distance(reference.double(), gathered.double())))
+
+    def measure(scale: float) -> Measurement:
+        nonlocal reference
+        set_scale(scale)
+        counts = {name: torch.zeros(len(target), device=method.device) for name, target in targets.items()}
+        features = []
+        for number, start in enumerate(range(0, num_samples, batch_size)):
+            batch = sample_indices(number % num_prompts, torch.arange(start, min(start + batch_size, num_samples)))
+            share = torch.tensor_split(batch, world)[rank]
+            if len(share) == 0:
+                method.join_empty_batch()
+                continue
+            images, _ = method.sample(share)
+            predictions = classifier.predict(images)
+            for name, column in columns.items():
+                counts[name] += torch.bincount(predictions[:, column], minlength=len(targets[name])).float()
+            features.append(classifier.features(images).float())
+        local = torch.cat(features) if features else torch.zeros((0, classifier.feature_dim), device=method.device)
+        gathered = gather_rows(local.to(method.device)).cpu()
+        reference = gathered if reference is None else reference
+        distributions = {}
+        for name in targets:
+            total = sum_over_processes(counts[name]).cpu()
+            distributions[name] = total / total.sum()
+        return Measurement(distributions, float(frechet_distance(reference.double(), gathered.double())))
+
     tolerance = fd_tolerance(list(targets.values()), num_samples)
+    with calibration_seed(method), torch.no_grad(), generated:
+        measured = bisect_scales(measure, scales, targets, tolerance, refine_steps)
+    scales = sorted(measured)
+    fd = [measured[scale].fd(targets) for scale in scales]
+    fid_cls = [measured[scale].fid_cls for scale in scales]
     chosen, reached = choose_scale(scales, fd, fid_cls, tolerance)
-    result = ScaleSearch(option, scales, fd, fid_cls, tolerance, chosen, reached, against)
+    distributions = [{name: measured[scale].distributions[name].tolist() for name in targets} for scale in scales]
+    result = ScaleSearch(option, scales, fd, fid_cls, tolerance, chosen, reached, against, distributions)
     (rank_zero_info if reached else rank_zero_warn)(f"{type(method).__name__}: {result.summary()}")
     return result
 

@@ -105,13 +105,19 @@ def test_tail_groups_take_each_class_worst_fitted_share() -> None:
     assert groups.argmax(dim=1).tolist() == [0, 1, 0, 0, 1, 2, 2, 3, 3, 2]
 
 
-def test_cluster_groups_cross_each_class_with_its_clusters() -> None:
-    clusters = torch.tensor([0, 1, 2, 1, 0, 2])
-    classes = torch.tensor([0, 0, 0, 1, 1, 1])
-    groups = cluster_groups(clusters, classes, num_classes=2, num_clusters=3)
-    assert groups.shape == (6, 6)
-    assert groups.argmax(dim=1).tolist() == [0, 1, 2, 4, 3, 5]  # class c, cluster k: group 3c + k
-    assert groups.sum(dim=1).tolist() == [1.0] * 6
+def test_cluster_groups_split_each_class_apart() -> None:
+    # Class 0: 6 images along one direction and 2 along another; class 1: 4 images along a third. A global k-means
+    # of 2 clusters would split the classes; within class 0 the 2 images of the other direction are a group.
+    features = torch.tensor([[1.0, 0.0, 0.0]] * 6 + [[0.0, 1.0, 0.0]] * 2 + [[0.0, 0.0, 1.0]] * 4)
+    features = features + 0.01 * torch.randn(12, 3, generator=torch.Generator().manual_seed(0))
+    classes = torch.tensor([0] * 8 + [1] * 4)
+    groups = cluster_groups(features, classes, num_classes=2, num_clusters=2, seed=0).argmax(dim=1)
+    assert len(set(groups[:6].tolist())) == len(set(groups[6:8].tolist())) == 1
+    assert groups[0] != groups[6]
+    assert set(groups[:8].tolist()) == {0, 1}  # class 0's groups
+    assert set(groups[8:].tolist()) <= {2, 3}  # class 1's
+    single = cluster_groups(features[:1], classes[:1], num_classes=2, num_clusters=2, seed=0)
+    assert single.tolist() == [[1.0, 0.0, 0.0, 0.0]]  # a class of fewer images than clusters
 
 
 def test_minority_share_by_hand() -> None:

@@ -24,7 +24,6 @@ from lightning_fair.methods.invdiff.grouper import (
     tail_groups,
 )
 from lightning_fair.methods.lifecycle.artifact_cache import SplitArtifact
-from lightning_fair.methods.self_guidance.clusters import fit_clusters
 from lightning_fair.methods.self_guidance.features import HSpaceFeatures
 
 GROUPS = SplitArtifact("groups", "groups_file", "groups.safetensors")
@@ -93,8 +92,8 @@ class BiasInference:
         if self.grouper == "tail":
             weights = tail_groups(losses, classes, num_classes, self.grouper_tail_share)
         elif self.grouper == "clusters":
-            _, clusters = fit_clusters(self.image_features(data, indices), self.num_groups, self.seed)
-            weights = cluster_groups(clusters, classes, num_classes, self.num_groups)
+            features = self.image_features(data, indices)
+            weights = cluster_groups(features, classes, num_classes, self.num_groups, self.seed)
         else:
             weights = optimise_group_weights(
                 losses,
@@ -128,13 +127,19 @@ class BiasInference:
         return assignment, report, summary
 
     def image_features(self, data: AttributeDataModule, indices: Tensor) -> Tensor:
-        """The frozen model's h-space of every train image under its own class, rows in the order of ``indices``."""
+        """The frozen model's h-space of every train image, rows in the order of ``indices``.
+
+        Read under the neutral condition (null label, neutral prompt) as Self-Guidance reads it, so that the class
+        does not dominate the features; under each image's own class for a class-conditional model without a null
+        label.
+        """
         extractor = HSpaceFeatures(
             self.backbone, self.neutral_condition, self.sampler.add_noise, self.grouper_feature_timestep, self.seed
         )
+        own_class = self.backbone.conditioning == "class" and self.backbone.null_label is None
 
         def features(batch: dict[str, Tensor]) -> Tensor:
-            condition = self.class_condition(self.labels_of(batch["attributes"]))
+            condition = self.class_condition(self.labels_of(batch["attributes"])) if own_class else None
             return extractor(batch["image"], batch["index"], condition)
 
         order, rows = sharded_pass(

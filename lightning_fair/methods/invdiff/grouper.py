@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from lightning_fair.backbones import Condition, DiffusionBackbone
 from lightning_fair.data.keyed_rows import sharded_pass
 from lightning_fair.diffusion.seeding import GROUPING_STREAM, per_sample_randn, sample_generators
+from lightning_fair.methods.self_guidance.clusters import fit_clusters
 
 AddNoise = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -119,23 +120,32 @@ def tail_groups(losses: Tensor, classes: Tensor, num_classes: int, tail_share: f
     return torch.nn.functional.one_hot(groups, 2 * num_classes).float()
 
 
-def cluster_groups(clusters: Tensor, classes: Tensor, num_classes: int, num_clusters: int) -> Tensor:
+def cluster_groups(features: Tensor, classes: Tensor, num_classes: int, num_clusters: int, seed: int) -> Tensor:
     """Hard groups of feature clusters within each class: group ``c K + k`` holds class ``c``'s images of cluster ``k``.
 
     The loss of a minority that the frozen model fits as well as the majority does not single it out, but a minority
-    that looks different (a background, a colour) gets clusters of its own in the model's features; crossed with the
-    class, they give it a group that the group-invariance loss weighs as much as the others.
+    that looks different (a background, a colour) gets a cluster of its own in the model's features. Each class's
+    images are clustered apart (k-means, :func:`~lightning_fair.methods.self_guidance.clusters.fit_clusters`), so
+    that the clusters split the class and not the classes; the group-invariance loss then weighs each cluster as much
+    as the others.
 
     Args:
-        clusters: each image's feature cluster ``(N,)``.
+        features: ``(N, D)`` each image's features.
         classes: each image's conditioning class ``(N,)``.
         num_classes: ``C``.
-        num_clusters: ``K``.
+        num_clusters: ``K`` (fewer for a class of fewer images).
+        seed: seed of k-means.
 
     Returns:
         One-hot weights ``(N, C K)`` (groups without images stay empty).
     """
-    groups = classes.long() * num_clusters + clusters.long()
+    groups = torch.zeros(len(classes), dtype=torch.long)
+    for label in range(num_classes):
+        members = torch.nonzero(classes == label).flatten()
+        if len(members) == 0:
+            continue
+        _, clusters = fit_clusters(features[members], min(num_clusters, len(members)), seed)
+        groups[members] = label * num_clusters + clusters
     return torch.nn.functional.one_hot(groups, num_classes * num_clusters).float()
 
 

@@ -18,10 +18,12 @@ Prints a Markdown table and writes a JSON list of rows with ``method``, ``fd``, 
 ``dp_gap``, ``bias_score`` (InvDiff's, over all samples), ``bias_score_by_condition`` (its mean and per-class
 values within the classes a method requested, per conditioning attribute: InvDiff's per-prompt score), ``fid_cls``,
 ``kid_cls``, ``confident``, ``agreement`` (of the sensitive attribute with the class the method requested, where it
-requests one), ``seconds`` (time spent generating, evaluation excluded, at the pace of the fastest batch after a
-warm-up batch of any of the ``--repeats`` runs: see ``SamplingTimer``), ``run_seconds`` (each run at its mean pace),
-``warmup_seconds`` (each run's first batch), ``time_ratio``, ``fit`` (``none``, ``fitted``, ``reused`` or ``given``),
-``fit_seconds``, ``trainable_parameters``, ``checkpoint`` (the given one, or the end of the fit in
+requests one), ``seconds`` (time spent generating, evaluation excluded, at the pace of the batches after a warm-up
+batch: see ``SamplingTimer``; the fastest of ``--repeats`` runs), ``run_seconds`` (every run), ``warmup_seconds``
+(each run's first batch), ``time_ratio`` (the median over the timed batches of the method's time over plain's on
+the same samples right after it, ``pair_ratios``; with ``--no-paired-timing`` the ratio of the seconds), ``fit``
+(``none``, ``fitted``, ``reused`` or ``given``), ``fit_seconds``, ``trainable_parameters``, ``checkpoint`` (the
+given one, or the end of the fit in
 ``<log-dir>/<setup>/<method>/fit-<key>``, ``key`` a hash of everything in the config a fit depends on: a later run
 with the same key reuses the finished fit or resumes an interrupted one; a benchmark never writes into the config's
 own checkpoint folder). The runs themselves are
@@ -35,7 +37,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lightning_fair.report import MethodRun, Protocol, markdown_table, run_method
+from lightning_fair.report import MethodRun, Protocol, markdown_table, run_method, time_ratios
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_METHOD = "plain"
@@ -73,8 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=25, help="denoising steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the config's)")
+    parser.add_argument("--repeats", type=int, default=1, help="generation runs per method; `seconds` is the fastest")
     parser.add_argument(
-        "--repeats", type=int, default=1, help="generation runs per method; `seconds` is at the fastest batch's pace"
+        "--no-paired-timing",
+        action="store_true",
+        help="time_ratio from the runs' seconds, not from each batch against plain's right after it",
     )
     parser.add_argument("--ckpt", action="append", default=[], metavar="METHOD=PATH", help="checkpoint of a method")
     parser.add_argument("--config", action="append", default=[], metavar="METHOD=PATH", help="config of a method")
@@ -123,6 +128,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         options.repeats,
         options.accelerator,
         options.condition_draw,
+        not options.no_paired_timing,
     )
     setup = Path(options.setup)
     if not setup.is_file():
@@ -131,10 +137,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         MethodRun(method, setup, method_config(method, configs), tuple(extras[method]), checkpoints.get(method))
         for method in methods
     ]
-    rows = [run_method(run, protocol, options.log_dir, setup.stem)[0] for run in runs]
-    reference_seconds = rows[0]["seconds"]
-    for row in rows:
-        row["time_ratio"] = row["seconds"] / reference_seconds
+    rows, reference = [], None
+    for run in runs:
+        paired = reference if protocol.paired_timing else None
+        row, _, model = run_method(run, protocol, options.log_dir, setup.stem, reference=paired)
+        reference = reference or model  # plain, the first run
+        rows.append(row)
+    time_ratios(rows)
     print(markdown_table(rows))
     if options.out:
         out = Path(options.out)

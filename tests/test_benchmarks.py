@@ -50,13 +50,16 @@ def bare_setup(folder: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize("paired", [True, False])
 def test_fairness_benchmark_rows(
-    generation_config: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    generation_config: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, paired: bool
 ) -> None:
     fairness = load_script("fairness")
     # Two runs of two batches of 4 each; the first batch of a run is its warm-up, the second is timed and stands for
-    # both: plain's runs time 2 s and 1 s (after warm-ups of 10 s), conditional's 3 s and 4 s.
-    clock = FakeClock([10.0, 2.0, 10.0, 1.0, 3.0, 3.0, 3.0, 4.0])
+    # both: plain's runs time 2 s and 1 s (after warm-ups of 10 s), conditional's 3 s and 4 s. Paired, each timed
+    # batch of conditional is followed by plain's on the same samples: 1 s and 2 s, ratios 3 and 2.
+    steps = [10.0, 2.0, 10.0, 1.0] + ([3.0, 3.0, 1.0, 3.0, 4.0, 2.0] if paired else [3.0, 3.0, 3.0, 4.0])
+    clock = FakeClock(steps)
     monkeypatch.setattr(lightning_fair.callbacks.sampling_timer, "time", clock)
     for name in ("plain", "conditional"):  # each method writes its samples into a folder of its own
         (tmp_path / name).mkdir()
@@ -78,6 +81,7 @@ def test_fairness_benchmark_rows(
             "--accelerator=cpu",
             f"--log-dir={tmp_path / 'logs'}",
             f"--out={out}",
+            *([] if paired else ["--no-paired-timing"]),
         ]
     )
     assert [row["method"] for row in rows] == ["plain", "conditional"]
@@ -97,32 +101,64 @@ def test_fairness_benchmark_rows(
     assert clock.step_seconds == []  # every batch was timed, and nothing else
     assert [row["run_seconds"] for row in rows] == [[4.0, 2.0], [6.0, 8.0]]
     assert [row["seconds"] for row in rows] == [2.0, 6.0]  # the fastest run
-    assert [row["time_ratio"] for row in rows] == [1.0, 3.0]  # over plain's
+    if paired:
+        assert [row["pair_ratios"] for row in rows] == [[], [3.0, 2.0]]
+        assert [row["time_ratio"] for row in rows] == [1.0, 2.5]  # the median of the pairs' ratios
+    else:
+        assert [row["paired_ratio"] for row in rows] == [None, None]
+        assert [row["time_ratio"] for row in rows] == [1.0, 3.0]  # the fastest runs' seconds over plain's
 
 
 def test_sampling_timer_times_apart_the_warm_up_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = FakeClock([9.0, 2.0, 2.0])
+    clock = FakeClock([9.0, 2.0, 1.0])
     monkeypatch.setattr(lightning_fair.callbacks.sampling_timer, "time", clock)
     module = torch.nn.Linear(1, 1)
     module.device = torch.device("cpu")
     timer = SamplingTimer(warmup_batches=1)
     timer.on_test_start(None, module)
-    for size in (4, 4, 2):  # 10 samples: 4 s for the 6 after the warm-up, so 6.67 s for all 10
+    for size in (4, 4, 2):  # 10 samples: 3 s for the 6 after the warm-up, so 5 s for all 10
         timer.on_test_batch_start(None, module, {"index": torch.arange(size)}, 0)
         timer.on_test_batch_end(None, module, None, {"index": torch.arange(size)}, 0)
-    assert (timer.warmup_seconds, timer.timed_seconds, timer.timed_samples) == (9.0, 4.0, 6)
-    assert timer.seconds == pytest.approx(10 * 4.0 / 6)
-    assert timer.paces == [0.5, 1.0]
-    assert timer.fastest_seconds == pytest.approx(5.0)  # all 10 at the first timed batch's 0.5 s a sample
-    timer.on_test_start(None, module)
-    assert timer.paces == []  # a new run starts new sums
-    assert timer.fastest_seconds == 0.0
+    assert (timer.warmup_seconds, timer.timed_seconds, timer.timed_samples) == (9.0, 3.0, 6)
+    assert timer.seconds == pytest.approx(5.0)
+    assert timer.paired_ratio is None  # no reference
     single = SamplingTimer(warmup_batches=1)
     monkeypatch.setattr(lightning_fair.callbacks.sampling_timer, "time", FakeClock([7.0]))
     single.on_test_start(None, module)
     single.on_test_batch_start(None, module, {"index": torch.arange(3)}, 0)
     single.on_test_batch_end(None, module, None, {"index": torch.arange(3)}, 0)
-    assert single.seconds == single.fastest_seconds == 7.0  # a run of one batch is timed whole
+    assert single.seconds == 7.0  # a run of one batch is timed whole
+
+
+class Reference(torch.nn.Module):
+    """A reference method that records the samples it was asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[list[int]] = []
+
+    def sample(self, indices: torch.Tensor) -> None:
+        self.requests.append(indices.tolist())
+
+
+def test_sampling_timer_pairs_each_timed_batch_with_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    # warm-up 9 s; then batches of 2, 3 and 2 s, each followed by the reference's 1, 1 and 2 s on the same samples
+    monkeypatch.setattr(lightning_fair.callbacks.sampling_timer, "time", FakeClock([9.0, 2.0, 1.0, 3.0, 1.0, 2.0, 2.0]))
+    module = torch.nn.Linear(1, 1)
+    module.device = torch.device("cpu")
+    reference = Reference()
+    timer = SamplingTimer(warmup_batches=1, reference=reference)
+    timer.on_test_start(None, module)
+    for start in (0, 2, 4, 6):
+        batch = {"index": torch.arange(start, start + 2)}
+        timer.on_test_batch_start(None, module, batch, 0)
+        timer.on_test_batch_end(None, module, None, batch, 0)
+    assert reference.requests == [[2, 3], [4, 5], [6, 7]]  # the timed batches' samples, not the warm-up's
+    assert timer.pair_ratios == [2.0, 3.0, 1.0]
+    assert timer.paired_ratio == 2.0  # their median
+    assert timer.timed_seconds == 7.0  # the reference's seconds are not the run's
+    timer.on_test_start(None, module)
+    assert timer.pair_ratios == []  # a new run starts new sums
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from lightning_fair.methods.conditions import Prompts
 from lightning_fair.report.backbone import cached_backbone_check
 from lightning_fair.report.checks import report_checks
 from lightning_fair.report.document import write_report
-from lightning_fair.report.runs import MethodRun, Protocol, SharedParts, run_method
+from lightning_fair.report.runs import MethodRun, Protocol, SharedParts, run_method, time_ratios
 
 REFERENCE_METHOD = "plain"
 
@@ -128,7 +128,7 @@ def run_report(args: list[str]) -> list[dict[str, Any]]:
     shared = SharedParts(options.backbone, options.classifier, dataset, prompts)
     group = Path(options.setup).stem
     log_dir = options.log_dir or str(Path(options.output, "runs"))
-    rows, evaluators = [], []
+    rows, evaluators, reference = [], [], None
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
     with Progress(*columns, TimeElapsedColumn()) as progress:
         task = progress.add_task("report", total=len(runs))
@@ -137,12 +137,15 @@ def run_report(args: list[str]) -> list[dict[str, Any]]:
             def announce(stage: str, name: str = run.name) -> None:
                 progress.update(task, description=f"report: {name} ({stage})")
 
-            row, evaluator = run_method(run, protocol, log_dir, group, options.comparison_samples, shared, announce)
+            paired = reference if protocol.paired_timing else None
+            row, evaluator, model = run_method(
+                run, protocol, log_dir, group, options.comparison_samples, shared, announce, paired
+            )
+            reference = reference or model  # the first method (plain) is every later one's reference
             rows.append(row)
             evaluators.append(evaluator)
             progress.advance(task)
-    for row in rows:
-        row["time_ratio"] = row["seconds"] / rows[0]["seconds"]
+    time_ratios(rows)
     verdict = None
     if options.backbone_check:
         folder = Path(log_dir, group, "backbone_check")

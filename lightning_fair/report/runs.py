@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import shutil
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,11 +33,14 @@ class Protocol:
         steps: denoising steps.
         seed: seed of the run (each sample's noise and condition depend only on it and the sample's index).
         batch_size: global batch size (``None``: each config's).
-        repeats: generation runs per method; ``seconds`` is the run at the pace of the fastest batch of any of them
-            (see :class:`SamplingTimer`), ``run_seconds`` what each took.
+        repeats: generation runs per method; ``seconds`` is the fastest.
         accelerator: Lightning accelerator.
         condition_draw: every method's ``sampler.condition_draw`` (``None``: each config's); ``balanced`` gives
             each requested class its exact share, so FD measures the model rather than the draw.
+        paired_timing: time each method's batches against the first method's (plain) generating the same samples
+            right after each of them (see :class:`SamplingTimer`): ``time_ratio`` is then the median of the batch
+            pairs' ratios, which a machine whose speed drifts leaves alone; costs one more generation of the first
+            method per method. ``False``: the ratio of the runs' ``seconds``.
     """
 
     num_samples: int = 512
@@ -46,6 +50,7 @@ class Protocol:
     repeats: int = 1
     accelerator: str = "auto"
     condition_draw: str | None = None
+    paired_timing: bool = True
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "steps", "repeats"):
@@ -110,7 +115,8 @@ def run_method(
     comparison_samples: int = 0,
     shared: SharedParts | None = None,
     announce: Callable[[str], None] | None = None,
-) -> tuple[dict[str, Any], FairnessEvaluator]:
+    reference: LightningModule | None = None,
+) -> tuple[dict[str, Any], FairnessEvaluator, LightningModule]:
     """Fits ``run`` if it needs it and has no checkpoint, generates and evaluates under ``protocol``.
 
     Its logs go to ``<log_dir>/<group>/<name>`` (also its ``trainer.default_root_dir``), a fit to
@@ -129,9 +135,11 @@ def run_method(
             ``comparison_<Method>.png`` in the run folder (the same initial noise for every method).
         shared: what replaces the setup's backbone, classifier and dataset.
         announce: told each stage as it starts (``fitting``, ``generating``).
+        reference: a method (the first row's) timed on the same samples after each timed batch: the row's
+            ``paired_ratio`` (see :class:`SamplingTimer`); ``None``: none.
 
     Returns:
-        The row of results and the evaluator that scored it.
+        The row of results, the evaluator that scored it and the method (a reference for the rows after it).
     """
     method, config = run.name, run.config
     shared = shared or SharedParts()
@@ -176,14 +184,14 @@ def run_method(
     comparison = str(Path(trainer.log_dir, f"comparison_{type(model).__name__}.png")) if comparison_samples else None
     if announce is not None:
         announce("generating")
-    timer = SamplingTimer()
+    timer = SamplingTimer(reference=reference)
     trainer.callbacks.insert(0, timer)  # first: its clock stops right after each test step
-    run_seconds, fastest_seconds, warmup_seconds = [], [], []
+    run_seconds, warmup_seconds, pair_ratios = [], [], []
     for _ in range(protocol.repeats):  # every repeat generates the same images (per-sample seeds)
         trainer.test(model, cli.datamodule, ckpt_path=checkpoint, verbose=False)
         run_seconds.append(timer.seconds)
-        fastest_seconds.append(timer.fastest_seconds)
         warmup_seconds.append(timer.warmup_seconds)
+        pair_ratios += timer.pair_ratios
     result = evaluators[0].result
     condition = result.conditions.get(result.sensitive)
     space = evaluators[0].classifier.feature_space
@@ -221,9 +229,11 @@ def run_method(
         "unknown": result.unknown,
         "confident": result.confident,
         "agreement": None if condition is None else condition.agreement,
-        "seconds": min(fastest_seconds),
+        "seconds": min(run_seconds),
         "run_seconds": run_seconds,
         "warmup_seconds": warmup_seconds,
+        "paired_ratio": statistics.median(pair_ratios) if pair_ratios else None,
+        "pair_ratios": pair_ratios,
         "fit": fit,
         "fit_seconds": fit_seconds,
         "fit_folder": None if fit_folder is None else str(fit_folder),
@@ -233,7 +243,15 @@ def run_method(
         "sampler": {key: model.hparams["sampler"][key] for key in SAMPLER_SETTINGS},
         **prompt_rows(evaluators[0]),
     }
-    return row, evaluators[0]
+    return row, evaluators[0], model
+
+
+def time_ratios(rows: list[dict[str, Any]]) -> None:
+    """Sets each row's ``time_ratio`` against the first row's: its ``paired_ratio`` when measured, else seconds."""
+    for row in rows:
+        paired = row.get("paired_ratio")
+        row["time_ratio"] = paired if paired is not None else row["seconds"] / rows[0]["seconds"]
+    rows[0]["time_ratio"] = 1.0
 
 
 def prompt_rows(evaluator: FairnessEvaluator) -> dict[str, Any]:
